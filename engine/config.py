@@ -1,0 +1,123 @@
+"""Configuration: what the model is (read from the HF directory) and how the engine runs it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served: missing file, unsupported architecture or option."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    torch_dtype: str
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
+        path = model_dir / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is missing: a Hugging Face model directory needs config.json")
+        cfg = json.loads(path.read_text())
+        archs = cfg.get("architectures") or []
+        if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+            raise ModelLoadError(f"unsupported architecture {archs or cfg.get('model_type')!r} in {path}; "
+                                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        for flag in ("attention_bias", "mlp_bias"):
+            if cfg.get(flag):
+                raise ModelLoadError(f"{flag}=true is not supported (Llama checkpoints have no biases)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ModelLoadError(f"hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
+
+        # transformers v5 writes `rope_parameters`; v4 (most checkpoints) `rope_theta` + `rope_scaling`.
+        rope = cfg.get("rope_parameters") or {}
+        rope_theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        scaling = cfg.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
+        if scaling is not None:
+            rtype = scaling.get("rope_type", scaling.get("type", "default"))
+            if rtype not in SUPPORTED_ROPE_TYPES:
+                raise ModelLoadError(f"rope_scaling type {rtype!r} is not supported "
+                                     f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+            scaling = None if rtype == "default" else {**scaling, "rope_type": rtype}
+
+        gen_eos = _generation_eos(model_dir)
+        eos = gen_eos if gen_eos is not None else cfg.get("eos_token_id")
+        eos_ids = tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        num_heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=scaling,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
+            eos_token_ids=eos_ids,
+            bos_token_id=cfg.get("bos_token_id"),
+        )
+
+
+def _generation_eos(model_dir: Path):
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("eos_token_id")
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    """How to serve the model. Every field can be set from config.pbtxt `parameters`."""
+    model_dir: str
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: str = "auto"                    # auto: bf16 on GPU, fp32 on CPU
+    max_num_seqs: int = 256                # sequences in one running batch
+    max_model_len: int | None = None       # prompt + output tokens; default: the model's limit
+    max_num_batched_tokens: int = 8192     # tokens per step (prefill chunks + decodes)
+    block_size: int = 16                   # tokens per KV-cache block
+    num_kv_blocks: int | None = None       # fixed KV-cache size; default: from memory below
+    kv_cache_memory_fraction: float = 0.90  # GPU: share of the device this instance may use in all
+    cpu_kv_cache_gb: float = 1.0           # CPU: KV-cache budget when num_kv_blocks is not set
+    enable_prefix_caching: bool = True
+    max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
+    seed: int = 0                          # for requests that sample without their own seed
+    extra: dict = field(default_factory=dict)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        return DTYPES[self.dtype]

@@ -1,0 +1,210 @@
+"""The synchronous engine: requests in, one step at a time, incremental outputs out.
+
+    engine = LLMEngine(EngineConfig(model_dir="models/tiny"))
+    engine.add_request("r1", "Once upon a time", SamplingParams(max_tokens=32, temperature=0))
+    while engine.has_unfinished():
+        for out in engine.step(): print(out.text, end="")
+
+Data flows one way per step: scheduler (which tokens) -> runner (logits) -> sampler (next tokens)
+-> stop checks and detokenizer (text) -> RequestOutput. `EngineLoop` (engine/loop.py) runs this on
+its own thread for the server.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig, ModelConfig, ModelLoadError
+from engine.detokenizer import IncrementalDetokenizer
+from engine.model_runner import ModelRunner
+from engine.sampler import Sampler
+from engine.sampling_params import InvalidRequest, SamplingParams
+from engine.scheduler import ScheduledBatch, Scheduler
+from engine.sequence import RequestOutput, Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(model_dir: str | Path) -> Tokenizer:
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing: the engine needs a Hugging Face tokenizer.json")
+    return Tokenizer.from_file(str(path))
+
+
+@dataclass
+class Completion:
+    """The whole result of one request, for offline use (`LLMEngine.generate`)."""
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    num_input_tokens: int
+    cumulative_logprob: float
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model_dir)
+        self.tokenizer = load_tokenizer(config.model_dir)
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings)
+        self.runner = ModelRunner(config, self.model_config, self.max_model_len)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   max(config.max_num_batched_tokens, config.max_num_seqs),
+                                   config.max_waiting_requests)
+        self.sampler = Sampler(self.runner.device, config.seed)
+        self.seqs: dict[str, Sequence] = {}
+
+    # ----- requests ------------------------------------------------------------------------------
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.runner.num_blocks * self.config.block_size
+
+    def tokenize(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=True).ids
+
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Refuse, up front, a request that could never complete. Thread-safe (reads config only)."""
+        n = len(prompt_ids)
+        if n == 0:
+            raise InvalidRequest("text_input", "prompt is empty")
+        if n >= self.max_model_len:
+            raise InvalidRequest("text_input", f"prompt has {n} tokens; max_model_len is "
+                                               f"{self.max_model_len}, leaving no room to generate")
+        if n + params.max_tokens > self.max_model_len:
+            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                               f"exceeds max_model_len ({self.max_model_len})")
+        if n + params.max_tokens > self.kv_capacity_tokens:
+            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                               f"exceeds the whole KV cache ({self.kv_capacity_tokens} tokens)")
+        vocab = self.model_config.vocab_size
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise InvalidRequest("stop_token_ids", f"token ids must be below the vocabulary size {vocab}")
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
+        if request_id in self.seqs:
+            raise InvalidRequest("request_id", f"{request_id!r} is already running")
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self.check_request(ids, params)
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+        seq = Sequence(request_id, ids, params, detok, self.model_config.eos_token_ids, self.max_model_len)
+        self.scheduler.add(seq)
+        self.seqs[request_id] = seq
+        return seq
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq)
+        seq.finish_reason = "abort"
+        return self._output(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ----- one step ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        logits = self.runner.run(batch)
+        sampling = [seq for i, seq in enumerate(batch.seqs) if batch.samples(i)]
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+        if not sampling:
+            return []
+        result = self.sampler(logits, sampling)
+        outputs = []
+        for j, seq in enumerate(sampling):
+            self._append_token(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+            if seq.finished:
+                self.scheduler.finish(seq)
+                del self.seqs[seq.request_id]
+            outputs.append(self._output(seq))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprob: float, top) -> None:
+        seq.token_ids.append(token)
+        seq.cumulative_logprob += logprob
+        if seq.params.logprobs is not None:
+            entry = {token: logprob, **({} if top is None else dict(top))}
+            seq.pending_logprobs.append(
+                {str(t): {"logprob": lp, "decoded_token": self.tokenizer.decode([t], skip_special_tokens=False)}
+                 for t, lp in entry.items()})
+        if token in seq.stop_ids:
+            seq.status = Status.FINISHED
+            seq.finish_reason = "stop"
+            seq.output_text += seq.detokenizer.flush()
+            return
+        seq.output_text += seq.detokenizer.add(token)
+        if seq.params.stop and self._hit_stop_string(seq):
+            return
+        if seq.num_tokens >= seq.max_total_tokens:
+            seq.status = Status.FINISHED
+            seq.finish_reason = "length"
+            seq.output_text += seq.detokenizer.flush()
+            self._hit_stop_string(seq)  # the flushed tail may complete a stop string
+
+    @staticmethod
+    def _hit_stop_string(seq: Sequence) -> bool:
+        """Finish at the first stop string and cut the text there. Only the part of the text that
+        can hold a new match is searched: from the last emitted character minus a stop's length."""
+        text = seq.output_text
+        best = None
+        for stop in seq.params.stop:
+            idx = text.find(stop, max(0, seq.num_emitted_chars - len(stop) + 1))
+            if idx != -1 and (best is None or idx < best[0]):
+                best = (idx, stop)
+        if best is None:
+            return False
+        idx, stop = best
+        seq.output_text = text[:idx + (len(stop) if seq.params.include_stop_str_in_output else 0)]
+        seq.status = Status.FINISHED
+        seq.finish_reason = "stop"
+        return True
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        finished = seq.status is Status.FINISHED or seq.finish_reason == "abort"
+        upto = len(seq.output_text)
+        if not finished and seq.params.stop:
+            # Hold back a tail that could be the start of a stop string: it may yet be cut.
+            upto -= max(len(s) for s in seq.params.stop) - 1
+        upto = max(upto, seq.num_emitted_chars)
+        text = seq.output_text[seq.num_emitted_chars:upto]
+        seq.num_emitted_chars = upto
+        new_tokens = seq.output_token_ids[seq.num_emitted_tokens:]
+        seq.num_emitted_tokens = seq.num_output_tokens
+        logprobs, seq.pending_logprobs = seq.pending_logprobs, []
+        return RequestOutput(
+            request_id=seq.request_id, text=text, token_ids=new_tokens, finished=finished,
+            finish_reason=seq.finish_reason if finished else None,
+            num_input_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
+            cumulative_logprob=seq.cumulative_logprob,
+            logprobs=logprobs if seq.params.logprobs is not None else None)
+
+    # ----- offline convenience -------------------------------------------------------------------
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[Completion]:
+        """Run prompts to completion together (continuous batching) and return their results."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
+        acc = {rid: ([], [], None, 0, 0.0) for rid in ids}
+        for rid, prompt, p in zip(ids, prompts, params_list):
+            self.add_request(rid, prompt, p)
+        while self.has_unfinished():
+            for out in self.step():
+                text, toks, _, _, _ = acc[out.request_id]
+                text.append(out.text)
+                toks.extend(out.token_ids)
+                acc[out.request_id] = (text, toks, out.finish_reason, out.num_input_tokens,
+                                       out.cumulative_logprob)
+        return [Completion("".join(t), k, r, n, lp) for t, k, r, n, lp in (acc[rid] for rid in ids)]

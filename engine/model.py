@@ -1,0 +1,74 @@
+"""The Llama decoder over a paged KV cache.
+
+One forward handles a whole engine step: the tokens of every scheduled sequence are packed into one
+flat [T] batch (prefill chunks and single decode tokens side by side). Position-wise layers run on
+[T, hidden]; attention reads each sequence's keys/values from the paged cache through its block
+table. The elementwise and attention ops come from `kernels` (Triton on CUDA, PyTorch reference on
+CPU), so this file only says *what* the model computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.rope import cos_sin_table
+
+
+@dataclass
+class StepInputs:
+    """Everything one forward needs besides the weights and the cache (all on the model's device)."""
+    input_ids: torch.Tensor      # [T] int64
+    positions: torch.Tensor      # [T] int64
+    slot_mapping: torch.Tensor   # [T] int64: flat cache slot for each token's K/V, -1 = padding
+    block_tables: torch.Tensor   # [B, max_blocks] int32
+    context_lens: torch.Tensor   # [B] int32: tokens in cache per sequence, this step's included
+    cu_seqlens_q: torch.Tensor   # [B+1] int32: where each sequence's tokens start in the flat batch
+    max_seqlen_q: int
+    logits_indices: torch.Tensor  # [S] int64: rows whose next-token logits are needed
+
+
+class LlamaModel:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], ops, max_positions: int):
+        self.cfg = cfg
+        self.w = weights
+        self.ops = ops
+        device = weights["embed"].device
+        self.cos_sin = cos_sin_table(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling, device)
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.scale = cfg.head_dim ** -0.5
+
+    def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns fp32 logits [S, vocab] for the rows in `x.logits_indices`."""
+        cfg, w, ops = self.cfg, self.w, self.ops
+        h = F.embedding(x.input_ids, w["embed"])
+        residual = None
+        for i in range(cfg.num_layers):
+            if residual is None:
+                residual, h = h, ops.rms_norm(h, w[f"{i}.input_norm"], cfg.rms_norm_eps)
+            else:
+                h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
+            h = self._attention(i, h, x, kv_cache[i])
+            h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps)
+            h = F.linear(ops.silu_and_mul(F.linear(h, w[f"{i}.gate_up"])), w[f"{i}.down"])
+        # Only the rows that sample need the final norm and the (large) vocabulary projection.
+        h, residual = h[x.logits_indices], residual[x.logits_indices]
+        h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
+        return F.linear(h, w["lm_head"]).float()
+
+    def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache) -> torch.Tensor:
+        cfg = self.cfg
+        T = h.shape[0]
+        qkv = F.linear(h, self.w[f"{i}.qkv"])
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(T, cfg.num_heads, cfg.head_dim)
+        k = k.view(T, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(T, cfg.num_kv_heads, cfg.head_dim)
+        k_cache, v_cache = cache
+        q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
+        o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
+                                     x.cu_seqlens_q, x.max_seqlen_q, self.scale)
+        return F.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

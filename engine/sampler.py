@@ -1,0 +1,117 @@
+"""Turn a step's logits into next tokens, one row per sampling sequence.
+
+Order of operations (as in vLLM/HF): penalties on the raw logits, then greedy argmax, or temperature
+-> top-k -> top-p -> sample. Sampling uses the "exponential race" (argmax of p / E with E ~ Exp(1)),
+which draws exactly from p; each seeded request draws its noise from its own generator, so its
+output does not depend on which other requests share the batch.
+
+Returned log-probabilities are those of the model's raw distribution (log_softmax of the logits
+before penalties/temperature), as vLLM reports by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.sequence import Sequence
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float]                   # of the chosen tokens
+    top_logprobs: list[list[tuple[int, float]] | None]  # per row, when the request asked for them
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int = 0):
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        logits = logits.float()
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        if any(s.params.has_penalties for s in seqs):
+            logits = self._apply_penalties(logits.clone(), seqs)
+        logits = self._block_stop_tokens(logits, seqs)
+        chosen = logits.argmax(dim=-1)
+        random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        if random_rows:
+            rows = torch.tensor(random_rows, device=logits.device)
+            probs = self._filtered_probs(logits[rows], [seqs[i] for i in random_rows])
+            noise = self._exponential_noise(probs, [seqs[i] for i in random_rows])
+            chosen[rows] = (probs / noise).argmax(dim=-1)
+        chosen_logprobs = raw_logprobs.gather(1, chosen[:, None]).squeeze(1)
+        top = [None] * len(seqs)
+        k_max = max((s.params.logprobs or 0) for s in seqs)
+        if k_max > 0:
+            vals, ids = raw_logprobs.topk(k_max, dim=-1)
+            vals, ids = vals.tolist(), ids.tolist()
+            for i, s in enumerate(seqs):
+                if s.params.logprobs:
+                    k = s.params.logprobs
+                    top[i] = list(zip(ids[i][:k], vals[i][:k]))
+        return SampleResult(chosen.tolist(), chosen_logprobs.tolist(), top)
+
+    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        for i, s in enumerate(seqs):
+            p = s.params
+            if not p.has_penalties:
+                continue
+            row = logits[i]
+            if p.repetition_penalty != 1.0:
+                # HF/vLLM semantics: every token seen in prompt or output is made less likely.
+                seen = torch.tensor(sorted(set(s.token_ids)), device=row.device, dtype=torch.long)
+                vals = row[seen]
+                row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+                # OpenAI semantics: output tokens only, by presence and by count.
+                out = torch.tensor(s.output_token_ids, device=row.device, dtype=torch.long)
+                if out.numel():
+                    counts = torch.bincount(out, minlength=row.numel()).to(row.dtype)
+                    row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+        return logits
+
+    @staticmethod
+    def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """min_tokens: until a request has that many tokens, its stop tokens cannot be drawn."""
+        rows = [i for i, s in enumerate(seqs) if s.num_output_tokens < s.params.min_tokens and s.stop_ids]
+        if rows:
+            logits = logits.clone()
+            for i in rows:
+                ids = [t for t in seqs[i].stop_ids if t < logits.shape[1]]
+                logits[i, ids] = float("-inf")
+        return logits
+
+    @staticmethod
+    def _filtered_probs(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        temps = torch.tensor([s.params.temperature for s in seqs], device=logits.device)
+        logits = logits / temps[:, None]
+        vocab = logits.shape[1]
+        top_ks = [s.params.top_k if s.params.top_k > 0 else vocab for s in seqs]
+        top_ps = [s.params.top_p for s in seqs]
+        if any(k < vocab for k in top_ks) or any(p < 1.0 for p in top_ps):
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            ranks = torch.arange(vocab, device=logits.device)[None, :]
+            k = torch.tensor(top_ks, device=logits.device)[:, None]
+            sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+            sorted_probs = sorted_logits.softmax(dim=-1)
+            # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            p = torch.tensor(top_ps, device=logits.device)[:, None]
+            sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        return logits.softmax(dim=-1)
+
+    def _exponential_noise(self, probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        noise = torch.empty_like(probs)
+        shared = [i for i, s in enumerate(seqs) if s.generator is None]
+        if shared:
+            noise[shared] = torch.empty((len(shared), probs.shape[1]), device=probs.device).exponential_(
+                generator=self.generator)
+        for i, s in enumerate(seqs):
+            if s.generator is not None:
+                # Per-request generators live on the CPU: same stream on any device and batch.
+                noise[i] = torch.empty(probs.shape[1]).exponential_(generator=s.generator).to(probs.device)
+        return noise

@@ -1,0 +1,119 @@
+"""Continuous batching: decide, every step, which tokens of which sequences the model computes.
+
+Each step has a token budget (`max_num_batched_tokens`). Running sequences go first, oldest first:
+a decoding sequence needs one token, a sequence still in prefill gets the next chunk of its prompt
+(chunked prefill), so a long prompt never stalls the streams already running. Whatever budget is
+left admits waiting sequences first-come-first-served, each starting after its prefix-cache hits.
+
+When the KV cache runs out of blocks, the most recently admitted running sequence is preempted: its
+blocks are freed (they stay in the prefix cache until evicted) and it returns to the front of the
+waiting queue to be recomputed later. Nothing fails and nothing is dropped.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, Status
+
+
+class QueueFull(RuntimeError):
+    """The bounded waiting queue is full: the caller should answer UNAVAILABLE."""
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)   # tokens computed this step, per seq
+    preempted: list[Sequence] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def samples(self, i: int) -> bool:
+        """Does sequence i reach its last token this step (and so sample the next one)?"""
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_waiting: int):
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_waiting = max_waiting
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(f"the waiting queue is full ({self.max_waiting} requests); retry later")
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self._make_room(seq, seq.num_computed_tokens + n, batch):
+                break  # `seq` itself was preempted; everything after it already was
+            self.bm.grow(seq, seq.num_computed_tokens + n)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            i += 1
+
+        # Admit new work only if nothing had to be preempted: otherwise we would evict and
+        # re-admit in a loop.
+        while (not batch.preempted and self.waiting and budget > 0
+               and len(self.running) < self.max_num_seqs):
+            seq = self.waiting[0]
+            cached = self.bm.find_cached_prefix(seq)
+            n = min(seq.num_tokens - len(cached) * self.bm.block_size, budget)
+            if not self.bm.can_admit(seq, cached, len(cached) * self.bm.block_size + n):
+                break  # FCFS: later requests do not overtake the head of the queue
+            self.waiting.popleft()
+            self.bm.admit(seq, cached)
+            seq.num_cached_prompt_tokens = seq.num_computed_tokens
+            self.bm.grow(seq, seq.num_computed_tokens + n)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+        return batch
+
+    def _make_room(self, seq: Sequence, num_tokens: int, batch: ScheduledBatch) -> bool:
+        """Preempt from the back of the running list until `seq` can grow to `num_tokens`.
+        Returns False if `seq` itself had to go."""
+        while not self.bm.can_grow(seq, num_tokens):
+            victim = self.running.pop()
+            self._preempt(victim)
+            batch.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.bm.free_sequence(seq)
+        seq.status = Status.WAITING
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence wherever it is and release its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.bm.free_sequence(seq)
+        seq.status = Status.FINISHED

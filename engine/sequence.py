@@ -1,0 +1,77 @@
+"""One request's state as it moves through the engine: tokens, cache blocks, progress, output."""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.sampling_params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class RequestOutput:
+    """What the engine reports about a request after a step. Texts and tokens are deltas since the
+    previous output for that request; totals are cumulative."""
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None = None      # "stop", "length", "abort" or "error"
+    num_input_tokens: int = 0
+    num_output_tokens: int = 0            # total so far
+    cumulative_logprob: float = 0.0
+    logprobs: list[dict] | None = None    # one entry per token in token_ids, if requested
+    error: str | None = None
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 detokenizer: IncrementalDetokenizer, eos_token_ids: tuple[int, ...], max_model_len: int):
+        self.request_id = request_id
+        self.params = params
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.status = Status.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0          # tokens whose K/V are in the cache
+        self.num_cached_prompt_tokens = 0     # prefix-cache hits at (latest) admission
+        self.detokenizer = detokenizer
+        self.output_text = ""
+        self.num_emitted_chars = 0            # how much of output_text has been sent
+        self.num_emitted_tokens = 0
+        self.cumulative_logprob = 0.0
+        self.pending_logprobs: list[dict] = []
+        self.finish_reason: str | None = None
+        self.arrival_time = time.monotonic()
+        # The tokens that end generation, unless ignore_eos: EOS plus the request's own.
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        self.max_total_tokens = min(max_model_len, self.num_prompt_tokens + params.max_tokens)
+        self.generator: torch.Generator | None = None  # per-request RNG when a seed is given
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+        self.preemptions = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
