@@ -31,7 +31,7 @@ SIZES: dict[str, dict] = {
                  tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, head_dim=32, max_position_embeddings=4096, vocab_size=None,
-                  tie_word_embeddings=True, rope_theta=500000.0,
+                  tie_word_embeddings=False, rope_theta=500000.0,
                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                     high_freq_factor=4.0, original_max_position_embeddings=1024)),
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -1,0 +1,191 @@
+"""gRPC transport. The model is decoupled, so every call (streaming or not)
+goes through Triton's bidirectional ModelStreamInfer RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import time
+from typing import AsyncIterator, Iterator
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs
+
+_OUTPUTS = ("text_output", "finish_reason", "cumulative_logprob", "logprobs",
+            "num_input_tokens", "num_output_tokens")
+
+
+def build_grpc_inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:
+    """Every tensor has shape [1] because the model has max_batch_size 0."""
+    inputs = []
+    for name, dtype, value in request.input_values():
+        tensor = grpcclient.InferInput(name, [1], dtype)
+        np_dtype = np.object_ if dtype == "BYTES" else np.bool_
+        tensor.set_data_from_numpy(np.array([value], dtype=np_dtype))
+        inputs.append(tensor)
+    return inputs
+
+
+def error_from_grpc(exc: Exception) -> ClientError:
+    if isinstance(exc, ClientError):
+        return exc
+    if isinstance(exc, InferenceServerException):
+        # status() is "StatusCode.X" for RPC-level failures and None for an
+        # error the model returned inside the stream (Triton sends only text).
+        status = exc.status()
+        code = str(status).rsplit(".", 1)[-1] if status else "UNKNOWN"
+        return ClientError(code, exc.message() or str(exc))
+    if isinstance(exc, grpc.RpcError):  # the aio client lets these through
+        return ClientError(exc.code().name, exc.details() or str(exc))
+    return ClientError("UNKNOWN", str(exc))
+
+
+def _parse_result(result: grpcclient.InferResult) -> tuple[Chunk | None, bool]:
+    """(chunk or None for an empty response, is-final-response)."""
+    arrival = time.perf_counter()
+    response = result.get_response()
+    final = "triton_final_response" in response.parameters and \
+        response.parameters["triton_final_response"].bool_param
+    outputs = {name: result.as_numpy(name) for name in _OUTPUTS}
+    outputs = {k: v.reshape(-1).tolist() for k, v in outputs.items() if v is not None}
+    return chunk_from_outputs(outputs, arrival, final), final
+
+
+def _stream_request(model: str, request: GenerateRequest) -> dict:
+    return dict(model_name=model, inputs=build_grpc_inputs(request), request_id=request.request_id)
+
+
+# ---------------------------------------------------------------- threads
+
+
+def stream_grpc(url: str, model: str, request: GenerateRequest, *,
+                timeout: float | None = None) -> Iterator[Chunk]:
+    """Yield chunks as they arrive; safe to use from any plain thread.
+
+    Each call opens its own client (tritonclient allows one stream per
+    client), so threads never share stream state. `timeout` bounds the whole
+    stream. Abandoning the iterator early cancels the request on the server."""
+    try:
+        client = grpcclient.InferenceServerClient(url)
+    except InferenceServerException as e:
+        raise error_from_grpc(e) from None
+    responses: queue.Queue = queue.Queue()
+    finished = False
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                            stream_timeout=timeout)
+        # Ask for the flags-only final response too, so we always learn the end.
+        client.async_stream_infer(**_stream_request(model, request),
+                                  enable_empty_final_response=True)
+        while True:
+            try:
+                # The stream deadline normally fires first; this is a backstop.
+                result, error = responses.get(timeout=None if timeout is None else timeout + 5)
+            except queue.Empty:
+                raise ClientError("DEADLINE_EXCEEDED", f"no response within {timeout}s") from None
+            if error is not None:
+                finished = True  # the server has ended the request
+                raise error_from_grpc(error)
+            chunk, finished = _parse_result(result)
+            if chunk is not None:
+                yield chunk
+            if finished:
+                return
+    except InferenceServerException as e:
+        raise error_from_grpc(e) from None
+    finally:
+        client.stop_stream(cancel_requests=not finished)
+        client.close()
+
+
+def generate_grpc(url: str, model: str, request: GenerateRequest, *,
+                  timeout: float | None = None) -> Result:
+    """Non-streaming generation (stream=False): one response, whole text."""
+    request = dataclasses.replace(request, stream=False)
+    t_start = time.perf_counter()
+    return Result.from_chunks(stream_grpc(url, model, request, timeout=timeout), t_start)
+
+
+# ---------------------------------------------------------------- asyncio
+
+
+class AsyncGrpcClient:
+    """asyncio client for many concurrent streams in one process.
+
+    All streams share one gRPC channel (each request is its own HTTP/2
+    stream), so hundreds of in-flight requests cost no extra connections.
+
+        async with AsyncGrpcClient("localhost:8001") as c:
+            async for chunk in c.stream("llm", GenerateRequest("Hi")):
+                ...
+    """
+
+    def __init__(self, url: str, **client_kwargs):
+        self._client = grpcaio.InferenceServerClient(url, **client_kwargs)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncGrpcClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def stream(self, model: str, request: GenerateRequest, *,
+                     timeout: float | None = None) -> AsyncIterator[Chunk]:
+        done = asyncio.Event()
+
+        async def requests():
+            yield {**_stream_request(model, request),
+                   "parameters": {"triton_enable_empty_final_response": True}}
+            # Keep our side of the stream open until the final response, so
+            # the server never sees a half-closed stream mid-generation.
+            await done.wait()
+
+        call = self._client.stream_infer(requests(), stream_timeout=timeout)
+        finished = False
+        try:
+            async for result, error in call:
+                if error is not None:
+                    finished = True
+                    raise error_from_grpc(error)
+                chunk, finished = _parse_result(result)
+                if chunk is not None:
+                    yield chunk
+                if finished:
+                    break
+            if not finished:
+                raise ClientError("UNKNOWN", "stream closed before the final response")
+            # Close our side and let the RPC end normally (a cancel here would
+            # show up as a cancelled request on the server).
+            done.set()
+            async for _ in call:
+                pass
+        except (InferenceServerException, grpc.RpcError) as e:
+            raise error_from_grpc(e) from None
+        finally:
+            done.set()
+            if not finished:
+                call.cancel()  # consumer gave up or the stream broke: stop the work
+
+    async def generate(self, model: str, request: GenerateRequest, *,
+                       timeout: float | None = None) -> Result:
+        request = dataclasses.replace(request, stream=False)
+        t_start = time.perf_counter()
+        chunks = [c async for c in self.stream(model, request, timeout=timeout)]
+        return Result.from_chunks(chunks, t_start)
+
+
+async def astream_grpc(url: str, model: str, request: GenerateRequest, *,
+                       timeout: float | None = None) -> AsyncIterator[Chunk]:
+    """One-off asyncio stream; prefer a shared AsyncGrpcClient under load."""
+    async with AsyncGrpcClient(url) as client:
+        async for chunk in client.stream(model, request, timeout=timeout):
+            yield chunk

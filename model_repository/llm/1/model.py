@@ -1,0 +1,230 @@
+"""Triton Python-backend adapter: Triton requests in, engine outputs back as streamed responses.
+
+Thin on purpose. It (1) reads config.pbtxt parameters into an EngineConfig and starts one engine
+per model instance on the instance's device, (2) validates each request and hands it to the
+engine's background loop (execute() returns at once), and (3) turns engine outputs into Triton
+responses on the engine thread. The tensor interface is the one of Triton's vLLM backend, so
+existing clients, perf_analyzer input files and `genai-perf --backend vllm` work unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+try:  # installed into the environment (pip install -e .), or run from a checkout
+    import engine  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from engine import (EngineConfig, EngineDead, EngineLoop, InvalidRequest, LLMEngine, QueueFull,
+                    SamplingParams)
+from engine.sequence import RequestOutput
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
+               "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
+CANCEL_CHECK_INTERVAL_S = 0.02   # is_cancelled() is an IPC round trip: ask at most this often
+
+
+def _engine_config(model_config: dict, args: dict) -> EngineConfig:
+    """config.pbtxt `parameters` (all strings) -> typed EngineConfig; unknown keys are errors."""
+    raw = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+    model_dir = os.environ.get("MODEL_DIR") or raw.pop("model_dir", "") or "models/default"
+    raw.pop("model_dir", None)
+    if not Path(model_dir).is_absolute():
+        model_dir = str(REPO_ROOT / model_dir)
+    if args.get("model_instance_kind") == "GPU":
+        device = f"cuda:{args['model_instance_device_id']}"
+    else:
+        device = "cpu"
+    cfg = EngineConfig(model_dir=model_dir, device=device)
+    for key, text in raw.items():
+        if not hasattr(cfg, key) or key in ("extra", "device"):
+            raise pb_utils.TritonModelException(f"config.pbtxt parameter {key!r} is not an engine option")
+        if text.strip() == "":
+            continue  # empty = keep the default
+        current = getattr(cfg, key)
+        kind = type(current) if current is not None else int
+        try:
+            if kind is bool:
+                value = {"true": True, "false": False}[text.strip().lower()]
+            else:
+                value = kind(text)
+        except (KeyError, ValueError):
+            raise pb_utils.TritonModelException(
+                f"config.pbtxt parameter {key!r}={text!r} is not a valid {kind.__name__}") from None
+        setattr(cfg, key, value)
+    return cfg
+
+
+def _error(message: str, code) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def _string_tensor(name: str, values: list[str]) -> pb_utils.Tensor:
+    return pb_utils.Tensor(name, np.array([v.encode("utf-8") for v in values], dtype=np.object_))
+
+
+class _Request:
+    """One request's reply state; `on_output` runs on the engine thread."""
+
+    def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int):
+        self.sender = sender
+        self.prompt = prompt
+        self.flags = flags
+        self.num_input_tokens = input_tokens
+        self.stream = flags["stream"]
+        self.text_parts: list[str] = []   # non-streaming: everything, sent at the end
+        self.logprobs: list[dict] = []
+        self.last_cancel_check = time.monotonic()
+
+    def on_output(self, out: RequestOutput) -> None:
+        if out.error is not None:
+            self.sender.send(_error(out.error, pb_utils.TritonError.INTERNAL),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
+            self.sender.send(_error("request aborted: the model is being unloaded",
+                                    pb_utils.TritonError.UNAVAILABLE),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        if not out.finished and self._cancelled():
+            self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            raise _Cancelled()  # makes the loop abort the request and free its KV blocks
+        if self.stream:
+            self.sender.send(self._response(out.text, out, len(out.token_ids), out.logprobs),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0)
+            return
+        self.text_parts.append(out.text)
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+        if out.finished:
+            text = "".join(self.text_parts)
+            if not self.flags["exclude_input_in_output"]:
+                text = self.prompt + text
+            self.sender.send(self._response(text, out, out.num_output_tokens, self.logprobs),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _cancelled(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
+            return False
+        self.last_cancel_check = now
+        return self.sender.is_cancelled()
+
+    def _response(self, text: str, out: RequestOutput, num_tokens: int, logprobs) -> pb_utils.InferenceResponse:
+        f = self.flags
+        tensors = [_string_tensor("text_output", [text])]
+        if f["return_finish_reason"]:
+            tensors.append(_string_tensor("finish_reason", [str(out.finish_reason)]))
+        if f["return_cumulative_logprob"]:
+            tensors.append(pb_utils.Tensor("cumulative_logprob",
+                                           np.array([out.cumulative_logprob], dtype=np.float32)))
+        if f["return_logprobs"]:
+            tensors.append(_string_tensor("logprobs", [json.dumps(logprobs)]))
+        if f["return_num_input_tokens"]:
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([self.num_input_tokens], dtype=np.uint32)))
+        if f["return_num_output_tokens"]:
+            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([num_tokens], dtype=np.uint32)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException("this model streams: set model_transaction_policy "
+                                                "{ decoupled: true } in config.pbtxt")
+        self.config = _engine_config(model_config, args)
+        self.engine = LLMEngine(self.config)
+        self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
+        self.loop = EngineLoop(self.engine).start()
+        pb_utils.Logger.log_info(
+            f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
+            f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self._submit(request, sender)
+            except InvalidRequest as e:
+                sender.send(_error(str(e), pb_utils.TritonError.INVALID_ARG),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except QueueFull as e:
+                sender.send(_error(str(e), pb_utils.TritonError.UNAVAILABLE),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except EngineDead as e:
+                sender.send(_error(f"the engine has stopped: {e}", pb_utils.TritonError.UNAVAILABLE),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as e:  # a bug handling one request must not take the others down
+                sender.send(_error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _submit(self, request, sender) -> None:
+        prompt = self._prompt(request)
+        flags = {name: self._bool(request, name) for name in BOOL_INPUTS}
+        sp_tensor = pb_utils.get_input_tensor_by_name(request, "sampling_parameters")
+        sp_json = self._single_string(sp_tensor, "sampling_parameters") if sp_tensor is not None else None
+        params = SamplingParams.from_json(sp_json)
+        if flags["return_logprobs"] and params.logprobs is None:
+            params.logprobs = 0  # the chosen token's logprob only
+        request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
+        state = _Request(sender, prompt, flags, 0)
+        state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
+
+    def _prompt(self, request) -> str:
+        tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
+        if tensor is None:
+            raise InvalidRequest("text_input", "is required")
+        raw = tensor.as_numpy().reshape(-1)
+        if raw.size != 1:
+            raise InvalidRequest("text_input", f"expected exactly one prompt, got {raw.size}")
+        value = raw[0]
+        if isinstance(value, bytes) and len(value) > self.max_prompt_bytes:
+            raise InvalidRequest("text_input", f"prompt is {len(value)} bytes, limit {self.max_prompt_bytes}")
+        prompt = self._decode(value, "text_input")
+        if not prompt:
+            raise InvalidRequest("text_input", "prompt is empty")
+        return prompt
+
+    def _single_string(self, tensor, name: str) -> str:
+        raw = tensor.as_numpy().reshape(-1)
+        if raw.size != 1:
+            raise InvalidRequest(name, f"expected exactly one value, got {raw.size}")
+        return self._decode(raw[0], name)
+
+    @staticmethod
+    def _decode(value, name: str) -> str:
+        if isinstance(value, str):
+            return value
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidRequest(name, f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+    @staticmethod
+    def _bool(request, name: str) -> bool:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return False
+        raw = tensor.as_numpy().reshape(-1)
+        if raw.size != 1:
+            raise InvalidRequest(name, f"expected exactly one value, got {raw.size}")
+        return bool(raw[0])
+
+    def finalize(self):
+        self.loop.shutdown(timeout=30.0)

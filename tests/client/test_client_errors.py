@@ -1,0 +1,52 @@
+"""Unit tests: server errors of both transports map onto ClientError."""
+
+import grpc
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from client import ClientError, error_from_grpc, error_from_http
+
+
+def test_grpc_rpc_level_status():
+    e = error_from_grpc(InferenceServerException("connection refused", status="StatusCode.UNAVAILABLE"))
+    assert (e.code, e.message, e.http_status) == ("UNAVAILABLE", "connection refused", None)
+    assert str(e) == "UNAVAILABLE: connection refused"
+
+
+def test_grpc_in_stream_error_has_no_status():
+    # Triton puts only the message into ModelStreamInferResponse.error_message.
+    e = error_from_grpc(InferenceServerException("max_tokens must be at least 1, got -1."))
+    assert (e.code, e.message) == ("UNKNOWN", "max_tokens must be at least 1, got -1.")
+
+
+def test_grpc_raw_rpc_error_from_aio():
+    class FakeRpcError(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def details(self):
+            return "Deadline Exceeded"
+
+    e = error_from_grpc(FakeRpcError())
+    assert (e.code, e.message) == ("DEADLINE_EXCEEDED", "Deadline Exceeded")
+
+
+def test_client_error_passes_through():
+    original = ClientError("NOT_FOUND", "x")
+    assert error_from_grpc(original) is original
+
+
+@pytest.mark.parametrize("status,body,code,message", [
+    (400, b'{"error":"max_tokens must be at least 1"}', "INVALID_ARGUMENT", "max_tokens must be at least 1"),
+    # generate_stream wraps even an early error as an SSE event.
+    (400, b'data: {"error":"bad top_p"}\n\n', "INVALID_ARGUMENT", "bad top_p"),
+    (404, b'{"error":"Request for unknown model: \'x\' is not found"}', "NOT_FOUND",
+     "Request for unknown model: 'x' is not found"),
+    (500, b'{"error":"boom"}', "INTERNAL", "boom"),
+    (503, b"", "UNAVAILABLE", "Service Unavailable"),
+    (502, b"<html>proxy</html>", "UNAVAILABLE", "<html>proxy</html>"),
+    (418, b"teapot", "HTTP_418", "teapot"),
+])
+def test_http_status_mapping(status, body, code, message):
+    e = error_from_http(status, body)
+    assert (e.code, e.message, e.http_status) == (code, message, status)

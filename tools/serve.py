@@ -1,0 +1,93 @@
+"""Launch the real `tritonserver` on our model repository, printing the exact command it runs.
+
+    python -m tools.serve                      # serves model_repository/ on 8000/8001/8002
+    HTTP_PORT=9000 GRPC_PORT=9001 METRICS_PORT=9002 MODEL_DIR=/models/llama python -m tools.serve
+
+The server binary comes from the `nvidia-pytriton` wheel (tritonserver 2.51 with the Python
+backend) installed in this environment, or `tritonserver` on PATH (as in NVIDIA's container).
+The Python backend's stub finds its packages through the `python3` first on PATH, not PYTHONPATH,
+so this environment's bin/ goes first on the server's PATH.
+
+Security defaults: model control mode `none` (models cannot be loaded/unloaded over the network),
+and the model-repository, shared-memory, trace and logging APIs are not exposed over HTTP/gRPC
+unless --expose-admin-apis is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Restricting an API category to a header value no client sends makes it unreachable.
+ADMIN_APIS = "model-repository,shared-memory,trace,logging"
+
+
+def pytriton_server_dir() -> Path | None:
+    site = Path(sysconfig.get_paths()["purelib"])
+    d = site / "pytriton" / "tritonserver"
+    return d if (d / "bin" / "tritonserver").is_file() else None
+
+
+def ensure_stub(server_dir: Path) -> None:
+    """The backend stub must sit next to libtriton_python.so inside the wheel's tree (its RPATH
+    points into the wheel); pick the one built for this Python."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    src = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    dst = server_dir / "backends" / "python" / "triton_python_backend_stub"
+    if not src.is_file():
+        raise SystemExit(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+        shutil.copy2(src, dst)
+
+
+def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
+                   expose_admin_apis: bool = False, extra: list[str] | None = None) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    server_dir = pytriton_server_dir()
+    if server_dir is not None:
+        ensure_stub(server_dir)
+        binary = str(server_dir / "bin" / "tritonserver")
+        backend_args = [f"--backend-directory={server_dir / 'backends'}"]
+    elif shutil.which("tritonserver"):
+        binary, backend_args = shutil.which("tritonserver"), []
+    else:
+        raise SystemExit("tritonserver not found: run `make setup` (installs nvidia-pytriton==0.7.0)")
+    cmd = [binary, f"--model-repository={model_repository}", *backend_args,
+           f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+           "--model-control-mode=none", "--exit-timeout-secs=30"]
+    if not expose_admin_apis:
+        # A random header value per launch: no client can present it, so these APIs are closed.
+        key = secrets.token_hex(16)
+        cmd += [f"--http-restricted-api={ADMIN_APIS}:admin-key={key}",
+                f"--grpc-restricted-protocol={ADMIN_APIS}:admin-key={key}"]
+    return cmd + list(extra or []), env
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Serve the model repository with tritonserver.")
+    ap.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
+    ap.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
+    ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
+    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    ap.add_argument("--expose-admin-apis", action="store_true",
+                    help="also serve the repository/shared-memory/trace/logging APIs")
+    ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    args, extra = ap.parse_known_args()
+    cmd, env = server_command(Path(args.model_repository).resolve(), args.http_port, args.grpc_port,
+                              args.metrics_port, args.expose_admin_apis, extra)
+    model_dir = env.get("MODEL_DIR")
+    print(("MODEL_DIR=" + shlex.quote(model_dir) + " " if model_dir else "")
+          + f"PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH " + shlex.join(cmd), flush=True)
+    if not args.dry_run:
+        os.execve(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()
