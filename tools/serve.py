@@ -29,8 +29,10 @@ ADMIN_APIS = "model-repository,shared-memory,trace,logging"
 
 
 def pytriton_server_dir() -> Path | None:
+    """TRITON_SERVER_DIR (an unpacked device bundle) or the wheel in this environment."""
+    explicit = os.environ.get("TRITON_SERVER_DIR")
     site = Path(sysconfig.get_paths()["purelib"])
-    d = site / "pytriton" / "tritonserver"
+    d = Path(explicit) if explicit else site / "pytriton" / "tritonserver"
     return d if (d / "bin" / "tritonserver").is_file() else None
 
 
@@ -40,6 +42,8 @@ def ensure_stub(server_dir: Path) -> None:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     src = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
     dst = server_dir / "backends" / "python" / "triton_python_backend_stub"
+    if dst.is_file() and not src.is_file():
+        return  # a trimmed tree (device bundle) with the stub already in place
     if not src.is_file():
         raise SystemExit(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
     if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
