@@ -7,6 +7,7 @@ import torch
 
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import fused_weights, load_state_dict
+from engine.cuda_graphs import DecodeGraphs
 from engine.model import LlamaModel, StepInputs
 from engine.scheduler import ScheduledBatch
 
@@ -35,6 +36,11 @@ class ModelRunner:
         self.kv_cache = [(torch.empty(shape, dtype=self.dtype, device=self.device),
                           torch.empty(shape, dtype=self.dtype, device=self.device))
                          for _ in range(model_cfg.num_layers)]
+        self.graphs = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.graphs = DecodeGraphs(self.model, self.kv_cache, min(config.max_num_seqs, 256),
+                                       -(-max_model_len // self.block_size), self.device)
+            self.graphs.capture()
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
                  self.num_blocks * self.bytes_per_block / 2**30)
 
@@ -104,4 +110,9 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """fp32 logits for every sequence of the batch that samples this step, in batch order."""
-        return self.model.forward(self.prepare(batch), self.kv_cache)
+        x = self.prepare(batch)
+        n = x.input_ids.shape[0]
+        if (self.graphs is not None and x.logits_indices.shape[0] == n
+                and self.graphs.fits(n, x.max_seqlen_q, x.block_tables.shape[1])):
+            return self.graphs.run(x)
+        return self.model.forward(x, self.kv_cache)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One device-tool run: GPU correctness (kernels at real shapes, served model vs transformers) and
+# the kernel/engine benchmarks. Results go to $OUT (or perf/results/latest).
+#   device run:  bash perf/run_gpu_checks.sh     (carry .device-bundle, made by tools/device_bundle.sh)
+set -uo pipefail
+OUT=${OUT:-perf/results/latest}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+source tools/device_unpack.sh
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+status=0
+step() { echo "=== $*"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; echo "=== rc=$rc in $((SECONDS-t0))s: $*"; [ $rc = 0 ] || status=1; }
+[ "${SKIP_E2E:-0}" = 1 ] || step python perf/gpu_e2e_check.py --out "$OUT"
+[ "${SKIP_KERNEL_TESTS:-0}" = 1 ] || step python -m pytest -q -x tests/kernels
+[ "${SKIP_BENCH_KERNELS:-0}" = 1 ] || step python perf/bench_kernels.py --out "$OUT"
+[ "${SKIP_BENCH_ENGINE:-0}" = 1 ] || step python perf/bench_engine.py --size llama-3.2-1b --tag 1b --out "$OUT" ${ENGINE_ARGS:-}
+exit $status
