@@ -1,0 +1,372 @@
+"""Unified paged attention (prefill, chunked prefill and decode) in Triton.
+
+One kernel family serves every step shape.  A program owns
+    (one query tile of one sequence) x (one KV head) [x (one KV split)]
+and streams the sequence's KV blocks through an online softmax.
+
+Query tile layout ("rows"): the BLOCK_Q query tokens of the tile times the
+GROUP query heads that share one KV head, padded to GROUP_PAD (a power of
+two), flattened to BLOCK_M = BLOCK_Q * GROUP_PAD rows.  Row r is token
+r // GROUP_PAD, query head kv_head * GROUP + r % GROUP_PAD.  Each K/V tile is
+therefore loaded once for the whole GQA group and used in one matrix product.
+
+Causal masking is by absolute position: query token i of a sequence with
+qlen query tokens and ctx cached tokens sits at ctx - qlen + i.  KV tiles
+that every row of the query tile may see completely are processed by a loop
+without any masks; only the few tiles on the diagonal (and the ragged end of
+the context) pay for masking.
+
+Split-KV (flash-decoding): with num_splits > 1 each program handles a
+contiguous, BLOCK_N-aligned share of the KV range and writes un-normalised
+partial results (running max m, running sum l, accumulator acc) in fp32; a
+second small kernel merges them.  choose_num_splits (kernels/heuristics.py)
+decides when that pays off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._alloc import new_output
+from .heuristics import choose_num_splits
+
+__all__ = ["paged_attention", "choose_num_splits", "AttnConfig", "default_config"]
+
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """Tile sizes and launch parameters of the attention kernel.
+
+    block_m: rows per program = query tokens x padded GQA group (power of 2,
+    >= 16 for tl.dot).  block_n: KV tokens per inner-loop step (power of 2,
+    >= 16).  num_warps / num_stages: Triton launch parameters (num_stages is
+    the software-pipelining depth of the K/V loads).
+    """
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+# Triton reads TRITON_INTERPRET when it is imported, so this cannot change later.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def default_config(max_seqlen_q: int, group_pad: int, head_dim: int,
+                   dtype: torch.dtype, num_splits: int = 1,
+                   max_context_len: int = 0) -> AttnConfig:
+    """Pick tile sizes from the step shape (host ints only, no sync).
+
+    Decode-like steps need few rows per program (the tile is mostly padding
+    otherwise) and are bandwidth bound; prefill needs large row tiles so the
+    tensor cores have enough work per loaded K/V tile.
+    """
+    rows = max(1, max_seqlen_q) * group_pad
+    if _INTERPRET:
+        # CPU interpreter: small tiles so tests cross many tile boundaries.
+        return AttnConfig(block_m=max(16, min(32, triton.next_power_of_2(rows))),
+                          block_n=16, num_warps=4, num_stages=1)
+    small_tiles = dtype == torch.float32 or head_dim > 128  # register / smem budget
+    if rows <= 16 and num_splits > 1 and not small_tiles:
+        # Split decode (small batch): each program's share is short and the
+        # launch is latency bound.  H100 B=1 x 4096, 32 splits of 128 tokens:
+        # n64/w4/s1 0.89 TB/s, n64/w4/s2 0.82, n128/w4/s3 0.79.  Pipelining
+        # only helps once a split spans several tiles.
+        tiles_per_split = -(-max(1, max_context_len) // (num_splits * 64))
+        return AttnConfig(block_m=max(16, group_pad), block_n=64, num_warps=4,
+                          num_stages=1 if tiles_per_split <= 2 else 2)
+    if rows <= 16:
+        # Decode: 16 rows (the tl.dot minimum), long KV tiles to keep many
+        # bytes in flight.  H100 sweep, B=64 x 4096, GQA 32/8, D=128 bf16:
+        # n128/w4/s3 2.90 TB/s vs n64/w4/s3 2.57 TB/s.
+        return AttnConfig(block_m=max(16, group_pad), block_n=32 if small_tiles else 128,
+                          num_warps=4, num_stages=3 if not small_tiles else 2)
+    if rows <= 64:
+        return AttnConfig(block_m=max(64, group_pad), block_n=32 if small_tiles else 64,
+                          num_warps=4, num_stages=3 if not small_tiles else 2)
+    if small_tiles:
+        return AttnConfig(block_m=max(64, group_pad), block_n=32, num_warps=4, num_stages=2)
+    # Prefill.  H100 sweep, L=8192, H=32, D=128 bf16: 128x128/w8/s3 357
+    # TFLOP/s vs 128x64/w8/s3 321 (SDPA flash 315).
+    return AttnConfig(block_m=max(128, group_pad), block_n=128, num_warps=8, num_stages=3)
+
+
+# --------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr,
+                    kv_head, start, kv_end, row_pos, qk_scale,
+                    stride_kb, stride_ks, stride_kh,
+                    stride_vb, stride_vs, stride_vh,
+                    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Fold KV positions [start, start + BLOCK_N) into the online softmax.
+
+    MASKED=False is only used for tiles every row may fully see (and that lie
+    inside the context), so no bounds or causal checks are needed there.
+    """
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    # Page lookup: one block_tables entry per KV token (repeats hit in L1).
+    if MASKED:
+        col_ok = cols < kv_end
+        page = tl.load(bt_row_ptr + cols // PAGE_SIZE, mask=col_ok, other=0)
+    else:
+        page = tl.load(bt_row_ptr + cols // PAGE_SIZE)
+    page = page.to(tl.int64)  # page * stride can exceed 2**31
+    in_page = cols % PAGE_SIZE
+    k_ptrs = (k_cache_ptr + page[:, None] * stride_kb
+              + (in_page * stride_ks + kv_head * stride_kh)[:, None] + dims[None, :])
+    v_ptrs = (v_cache_ptr + page[:, None] * stride_vb
+              + (in_page * stride_vs + kv_head * stride_vh)[:, None] + dims[None, :])
+    if MASKED:
+        k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        s = tl.where(cols[None, :] <= row_pos[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        # A row may see nothing in this tile yet (m_new = -inf); subtracting 0
+        # instead keeps exp2(-inf - -inf) = NaN out of alpha and p.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    alpha = tl.math.exp2(m_i - m_sub)
+    p = tl.math.exp2(s - m_sub[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+
+    if MASKED:
+        # Masked V rows must be 0, not garbage: 0 * NaN would poison acc.
+        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
+    cu_seqlens_q_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    qk_scale, num_splits, num_tokens,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_ot, stride_oh,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
+    # Grid: (query tiles, kv heads * splits, sequences).  Query tiles are
+    # visited last-first: with causal masking the last tiles do the most work,
+    # and starting them first evens out the tail of the launch.
+    q_tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_head = tl.program_id(1) // num_splits
+    split = tl.program_id(1) % num_splits
+    seq = tl.program_id(2)
+
+    # All three scalars are loaded before any branch so their DRAM round
+    # trips overlap (decode programs are latency bound on this chain).
+    q_begin = tl.load(cu_seqlens_q_ptr + seq)
+    q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
+    ctx = tl.load(context_lens_ptr + seq)
+    qlen = q_end - q_begin
+    q_start = q_tile * BLOCK_Q
+    if q_start >= qlen:  # grid is sized for max_seqlen_q; also covers qlen 0
+        return
+
+    # Absolute positions: rows of this tile see KV [0, row_pos].
+    first_pos = ctx - qlen + q_start
+    kv_end = ctx - qlen + tl.minimum(q_start + BLOCK_Q, qlen)  # exclusive
+    # KV tiles ending at or before first_pos + 1 are visible to every row.
+    full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    if SPLIT:
+        tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), num_splits)
+        lo = split * tiles_per_split * BLOCK_N
+        hi = tl.minimum(lo + tiles_per_split * BLOCK_N, kv_end)
+    else:
+        lo = 0
+        hi = kv_end
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = q_start + rows // GROUP_PAD
+    head_in_group = rows % GROUP_PAD
+    row_ok = (tok < qlen) & (head_in_group < GROUP)
+    head = kv_head * GROUP + head_in_group
+    row_pos = ctx - qlen + tok
+    dims = tl.arange(0, HEAD_DIM)
+    token_idx = (q_begin + tok).to(tl.int64)
+
+    q_ptrs = q_ptr + token_idx[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+
+    # Bulk of the context: no masks at all.
+    for start in range(lo, tl.minimum(hi, full_end), BLOCK_N):
+        acc, m_i, l_i = _attend_kv_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+            start, kv_end, row_pos, qk_scale,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            PAGE_SIZE, HEAD_DIM, BLOCK_N, False, DOT_PRECISION)
+    # Diagonal and ragged end: causal + bounds masks.
+    for start in range(tl.maximum(lo, full_end), hi, BLOCK_N):
+        acc, m_i, l_i = _attend_kv_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+            start, kv_end, row_pos, qk_scale,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            PAGE_SIZE, HEAD_DIM, BLOCK_N, True, DOT_PRECISION)
+
+    if SPLIT:
+        # Partials are [num_splits, num_tokens, NUM_Q_HEADS(, HEAD_DIM)] fp32.
+        # An empty split stores m=-inf, l=0, acc=0, which the merge ignores.
+        part_row = (split * num_tokens + token_idx) * NUM_Q_HEADS + head
+        tl.store(part_m_ptr + part_row, m_i, mask=row_ok)
+        tl.store(part_l_ptr + part_row, l_i, mask=row_ok)
+        tl.store(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], acc,
+                 mask=row_ok[:, None])
+    else:
+        # Every valid row sees at least position 0, so l_i > 0 there.
+        l_safe = tl.where(row_ok, l_i, 1.0)
+        o = acc / l_safe[:, None]
+        o_ptrs = out_ptr + token_idx[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
+                         num_splits, num_tokens, stride_ot, stride_oh,
+                         NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         SPLITS_PAD: tl.constexpr):
+    """out[t, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s."""
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    split_ok = splits < num_splits
+    part_row = (splits * num_tokens + token) * NUM_Q_HEADS + head
+    m = tl.load(part_m_ptr + part_row, mask=split_ok, other=float("-inf"))
+    l = tl.load(part_l_ptr + part_row, mask=split_ok, other=0.0)
+    # Split 0 always sees position 0, so m_max is finite for real tokens.
+    m_max = tl.max(m, 0)
+    w = tl.math.exp2(m - m_max)
+    acc = tl.load(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :],
+                  mask=split_ok[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
+             o.to(out_ptr.dtype.element_ty))
+
+
+# --------------------------------------------------------------------------
+# Host wrapper
+# --------------------------------------------------------------------------
+
+def _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q):
+    assert q.dim() == 3 and k_cache.dim() == 4, "q [T,Hq,D], cache [N,bs,Hkv,D]"
+    assert k_cache.shape == v_cache.shape, "k_cache and v_cache must match"
+    assert q.shape[2] == k_cache.shape[3], "head dim mismatch"
+    assert q.shape[1] % k_cache.shape[2] == 0, "Hq must be a multiple of Hkv"
+    head_dim = q.shape[2]
+    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head dim: power of 2 >= 16"
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "cache head dim must be contiguous"
+    assert block_tables.dtype in (torch.int32, torch.int64)
+    assert block_tables.stride(1) == 1, "block_tables rows must be contiguous"
+    assert context_lens.is_contiguous() and cu_seqlens_q.is_contiguous()
+    assert cu_seqlens_q.numel() == context_lens.numel() + 1
+    assert block_tables.shape[0] == context_lens.numel()
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
+                    cu_seqlens_q, max_seqlen_q, softmax_scale, *,
+                    num_splits=None, config=None):
+    """Triton version of reference.paged_attention (same signature).
+
+    Extra keyword-only knobs: num_splits (None = choose_num_splits with
+    block_tables.shape[1] * block_size as the context bound; 1 = no split)
+    and config (AttnConfig, None = default_config).  max_seqlen_q must be
+    >= every sequence's query length.  Output rows past cu_seqlens_q[-1] are
+    left unwritten.
+    """
+    _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, page_size, num_kv_heads, _ = k_cache.shape
+    num_seqs = context_lens.numel()
+    group = num_q_heads // num_kv_heads
+    group_pad = triton.next_power_of_2(group)
+    out = new_output((num_tokens, num_q_heads, head_dim), q.dtype, q.device)
+    if num_tokens == 0 or num_seqs == 0 or max_seqlen_q <= 0:
+        return out
+
+    max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
+    if num_splits is None:
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len,
+                                       max_seqlen_q, device=q.device)
+    num_splits = max(1, int(num_splits))
+    if config is None:
+        config = default_config(max_seqlen_q, group_pad, head_dim, q.dtype, num_splits,
+                                max_context_len)
+    block_m = max(config.block_m, group_pad)
+    block_q = block_m // group_pad
+    num_q_tiles = triton.cdiv(max_seqlen_q, block_q)
+    split = num_splits > 1
+
+    if split:
+        part_m = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
+        part_l = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
+        part_acc = new_output((num_splits, num_tokens, num_q_heads, head_dim),
+                              torch.float32, q.device)
+    else:  # unused by the kernel; any valid pointer will do
+        part_m = part_l = part_acc = out
+
+    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (num_q_tiles, num_kv_heads * num_splits, num_seqs)
+    _paged_attention_kernel[grid](
+        q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+        out, part_m, part_l, part_acc,
+        float(softmax_scale) * _LOG2E, num_splits, num_tokens,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        NUM_Q_HEADS=num_q_heads, GROUP=group, GROUP_PAD=group_pad,
+        HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+        BLOCK_Q=block_q, BLOCK_N=config.block_n,
+        SPLIT=split, DOT_PRECISION=dot_precision,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if split:
+        _merge_splits_kernel[(num_tokens, num_q_heads)](
+            part_m, part_l, part_acc, out, num_splits, num_tokens,
+            out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
+            SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)),
+            num_warps=4 if head_dim >= 128 else 2,
+        )
+    return out
+
+
+def default_softmax_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

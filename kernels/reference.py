@@ -1,0 +1,175 @@
+"""Plain-PyTorch reference implementations of the serving kernels.
+
+These are the ground truth the Triton kernels are tested against, and what
+the engine runs on CPU.  They work on any device and any float dtype: math is
+done in float32 (float64 inputs stay float64, so tests can compare in double
+precision) and results are returned in the input dtype.
+
+Shapes and semantics are documented in kernels/README.md; the Triton versions
+in kernels/triton_ops.py have identical signatures.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .heuristics import choose_num_splits  # same API on both kernel sets
+
+__all__ = [
+    "paged_attention",
+    "rms_norm",
+    "fused_add_rms_norm",
+    "apply_rope",
+    "rope_and_write_kv",
+    "silu_and_mul",
+    "choose_num_splits",
+]
+
+# Cap on the number of score elements materialised at once by the reference
+# attention (per sequence chunk), so long prefills fit in memory.
+_MAX_SCORE_ELEMS = 1 << 26
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for all float dtypes except float64, which is kept."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------
+
+def gather_kv(k_cache, v_cache, block_table_row, context_len):
+    """Return contiguous K, V [context_len, Hkv, D] of one sequence."""
+    block_size = k_cache.shape[1]
+    num_blocks = -(-context_len // block_size)
+    blocks = block_table_row[:num_blocks].long()
+    k = k_cache[blocks].reshape(num_blocks * block_size, *k_cache.shape[2:])
+    v = v_cache[blocks].reshape(num_blocks * block_size, *v_cache.shape[2:])
+    return k[:context_len], v[:context_len]
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
+                    cu_seqlens_q, max_seqlen_q, softmax_scale, *,
+                    num_splits=None, config=None):
+    """Causal attention of packed query tokens over a paged KV cache.
+
+    q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
+    block_tables: int [B, max_blocks_per_seq]; context_lens: int [B] (tokens
+    in the cache including this step's); cu_seqlens_q: int [B+1].
+    Query token i of sequence b sits at absolute position
+    context_lens[b] - qlen_b + i and sees cache positions 0..that position.
+    `num_splits` / `config` tune the Triton kernel and are ignored here.
+    Rows of the output past cu_seqlens_q[-1] are zero.
+    """
+    del max_seqlen_q, num_splits, config  # shape hints for the kernel only
+    T, Hq, D = q.shape
+    Hkv = k_cache.shape[2]
+    assert Hq % Hkv == 0, "Hq must be a multiple of Hkv"
+    group = Hq // Hkv
+    cdt = _compute_dtype(q.dtype)
+    out = torch.zeros_like(q)
+    cu = cu_seqlens_q.tolist()
+    ctx_lens = context_lens.tolist()
+    for b in range(len(ctx_lens)):
+        q_begin, q_end = cu[b], cu[b + 1]
+        qlen = q_end - q_begin
+        if qlen == 0:
+            continue
+        ctx = ctx_lens[b]
+        assert ctx >= qlen, "context_lens must include this step's tokens"
+        k, v = gather_kv(k_cache, v_cache, block_tables[b], ctx)
+        # GQA: query head h reads kv head h // group.
+        k = k.to(cdt).repeat_interleave(group, dim=1)  # [ctx, Hq, D]
+        v = v.to(cdt).repeat_interleave(group, dim=1)
+        qs = q[q_begin:q_end].to(cdt)
+        positions = torch.arange(ctx - qlen, ctx, device=q.device)
+        key_pos = torch.arange(ctx, device=q.device)
+        chunk = max(1, _MAX_SCORE_ELEMS // (Hq * ctx))
+        for c0 in range(0, qlen, chunk):
+            c1 = min(qlen, c0 + chunk)
+            scores = torch.einsum("qhd,khd->hqk", qs[c0:c1], k) * softmax_scale
+            hidden = key_pos[None, :] > positions[c0:c1, None]  # future keys
+            scores.masked_fill_(hidden[None], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            o = torch.einsum("hqk,khd->qhd", probs, v)
+            out[q_begin + c0:q_begin + c1] = o.to(q.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------
+# RMSNorm
+# --------------------------------------------------------------------------
+
+def rms_norm(x, weight, eps):
+    """HF Llama RMSNorm: normalise in fp32, cast to x.dtype, times weight.
+
+    The weight is cast to x.dtype, so the output has x's dtype.
+    """
+    xf = x.to(_compute_dtype(x.dtype))
+    variance = xf.pow(2).mean(dim=-1, keepdim=True)
+    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
+    return normed * weight.to(x.dtype)
+
+
+def fused_add_rms_norm(x, residual, weight, eps):
+    """residual_out = x + residual (in x.dtype); out = rms_norm(residual_out)."""
+    residual_out = x + residual
+    return rms_norm(residual_out, weight, eps), residual_out
+
+
+# --------------------------------------------------------------------------
+# RoPE
+# --------------------------------------------------------------------------
+
+def _rotate(x, cos, sin):
+    """Neox / HF rotate_half rotation of x [T, H, D] with cos, sin [T, D/2]."""
+    cdt = _compute_dtype(x.dtype)
+    half = x.shape[-1] // 2
+    xf = x.to(cdt)
+    x1, x2 = xf[..., :half], xf[..., half:]
+    c = cos.to(cdt)[:, None, :]
+    s = sin.to(cdt)[:, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def apply_rope(q, k, positions, cos_sin_cache):
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] by their token positions.
+
+    cos_sin_cache: [max_positions, D]; [:, :D/2] is cos, [:, D/2:] is sin.
+    """
+    half = q.shape[-1] // 2
+    assert cos_sin_cache.shape[-1] == 2 * half, "rotary dim must equal head dim"
+    cs = cos_sin_cache[positions.long()]
+    cos, sin = cs[:, :half], cs[:, half:]
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
+                      slot_mapping):
+    """apply_rope, then store rotated k and v at flat cache slots (in place).
+
+    slot = block * block_size + offset; slot -1 skips the token (padding).
+    Returns (q_rot, k_rot).
+    """
+    q_rot, k_rot = apply_rope(q, k, positions, cos_sin_cache)
+    block_size = k_cache.shape[1]
+    slots = slot_mapping.long()
+    keep = slots >= 0
+    slots = slots[keep]
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = k_rot[keep].to(k_cache.dtype)
+    v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
+    return q_rot, k_rot
+
+
+# --------------------------------------------------------------------------
+# SiLU and mul
+# --------------------------------------------------------------------------
+
+def silu_and_mul(x):
+    """x [T, 2I] -> silu(x[:, :I]) * x[:, I:], computed in fp32."""
+    inter = x.shape[-1] // 2
+    xf = x.to(_compute_dtype(x.dtype))
+    return (F.silu(xf[..., :inter]) * xf[..., inter:]).to(x.dtype)

@@ -1,0 +1,190 @@
+"""Paged attention: reference vs SDPA, Triton kernel vs reference.
+
+Every test draws fresh random inputs (no fixed seed) and prints its relative
+error; outputs are NaN-poisoned (conftest) so unwritten rows fail.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel_testing import (ATTN_TOL, DEVICE, ON_GPU, SMALL_DTYPES, check_close,
+                            gpu_only, make_attention_inputs)
+from kernels import reference as ref_ops
+from kernels.heuristics import MAX_SPLITS, MIN_TOKENS_PER_SPLIT, choose_num_splits
+
+# name: (qlens, context_lens, Hq, Hkv, head_dim, page_size)
+SCENARIOS = {
+    # ragged mixed batch: prefill, one-token prompt, zero-length query,
+    # cached prefix, decode, prefill longer than one tile
+    "mixed_gqa2_d64": ([5, 1, 0, 3, 1, 17], [5, 1, 7, 20, 33, 17], 4, 2, 64, 16),
+    # decode batch, contexts around page boundaries, MHA, D=128
+    "decode_mha_d128": ([1, 1, 1, 1, 1], [1, 15, 16, 17, 70], 2, 2, 128, 16),
+    # GQA group of 3 (not a power of 2), page smaller than the KV tile
+    "prefill_gqa3_d64": ([7, 23], [7, 23], 6, 2, 64, 8),
+    # chunked prefill: query chunk after a long cached prefix, group of 4
+    "chunked_prefill_gqa4": ([13, 6], [45, 6], 8, 2, 64, 16),
+    # only one-token prompts
+    "one_token_prompts": ([1, 1, 1], [1, 1, 1], 4, 1, 64, 16),
+}
+
+
+def _run_triton(inputs, **kw):
+    from kernels import triton_ops
+    return triton_ops.paged_attention(**inputs, **kw)
+
+
+def _sdpa_expected(inputs):
+    """Per-sequence SDPA on gathered contiguous K/V with an explicit mask."""
+    q = inputs["q"]
+    out = torch.zeros_like(q)
+    cu = inputs["cu_seqlens_q"].tolist()
+    for b, ctx in enumerate(inputs["context_lens"].tolist()):
+        qlen = cu[b + 1] - cu[b]
+        if qlen == 0:
+            continue
+        k, v = ref_ops.gather_kv(inputs["k_cache"], inputs["v_cache"],
+                                 inputs["block_tables"][b], ctx)
+        q_pos = torch.arange(ctx - qlen, ctx, device=q.device)
+        allowed = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
+        o = F.scaled_dot_product_attention(
+            q[cu[b]:cu[b + 1]].transpose(0, 1),  # [Hq, qlen, D]
+            k.transpose(0, 1), v.transpose(0, 1),  # [Hkv, ctx, D]
+            attn_mask=allowed, scale=inputs["softmax_scale"], enable_gqa=True)
+        out[cu[b]:cu[b + 1]] = o.transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_reference_matches_sdpa_float64(scenario):
+    qlens, ctxs, hq, hkv, d, page = SCENARIOS[scenario]
+    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, page, torch.float64, device="cpu")
+    got = ref_ops.paged_attention(**inputs)
+    check_close(f"reference vs sdpa [{scenario}]", got, _sdpa_expected(inputs), 1e-12)
+
+
+def test_reference_mask_is_causal():
+    """Changing a future key must not change earlier queries' outputs."""
+    inputs = make_attention_inputs([6], [10], 2, 1, 16, 4, torch.float64, device="cpu")
+    before = ref_ops.paged_attention(**inputs)
+    # position 9 is the last cache token: only the last query (position 9) sees it
+    page = inputs["block_tables"][0, 9 // 4].long()
+    inputs["v_cache"][page, 9 % 4] += 100.0
+    after = ref_ops.paged_attention(**inputs)
+    assert torch.equal(before[:5], after[:5])
+    assert not torch.allclose(before[5], after[5])
+
+
+@pytest.mark.parametrize("num_splits", [1, 4, None], ids=["nosplit", "split4", "auto"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_paged_attention_matches_reference(scenario, num_splits):
+    qlens, ctxs, hq, hkv, d, page = SCENARIOS[scenario]
+    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, page, torch.float32)
+    out = _run_triton(inputs, num_splits=num_splits)
+    check_close(f"triton vs ref [{scenario}, splits={num_splits}]",
+                out, ref_ops.paged_attention(**inputs), ATTN_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [d for d in SMALL_DTYPES if d != torch.float32],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_paged_attention_low_precision(dtype, num_splits):
+    qlens, ctxs, hq, hkv, d, page = SCENARIOS["mixed_gqa2_d64"]
+    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, page, dtype)
+    out = _run_triton(inputs, num_splits=num_splits)
+    check_close(f"triton vs ref [{dtype}, splits={num_splits}]",
+                out, ref_ops.paged_attention(**inputs), ATTN_TOL[dtype])
+
+
+@pytest.mark.parametrize("block_m,block_n,page", [(16, 16, 32), (32, 32, 16), (64, 16, 8), (16, 64, 16)])
+def test_paged_attention_tile_configs(block_m, block_n, page):
+    """Tiles larger/smaller than pages, several query tiles per sequence."""
+    from kernels.attention import AttnConfig
+    qlens, ctxs = [19, 1, 0, 7], [19, 50, 3, 40]
+    inputs = make_attention_inputs(qlens, ctxs, 4, 2, 64, page, torch.float32)
+    cfg = AttnConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2)
+    expected = ref_ops.paged_attention(**inputs)
+    for splits in (1, 3):
+        out = _run_triton(inputs, num_splits=splits, config=cfg)
+        check_close(f"triton cfg m{block_m} n{block_n} page{page} splits={splits}",
+                    out, expected, ATTN_TOL[torch.float32])
+
+
+def test_paged_attention_random_table_tail_and_noncontiguous_q():
+    """Table entries past the context point at real blocks (must be ignored);
+    q is a strided view into a packed qkv projection, as the engine has it."""
+    qlens, ctxs, hq, hkv, d = [3, 1, 9], [20, 33, 9], 4, 2, 64
+    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, 16, torch.float32, table_fill=None)
+    qkv = torch.randn(sum(qlens), hq + 2 * hkv, d, dtype=torch.float32, device=DEVICE)
+    inputs["q"] = qkv[:, :hq]
+    assert not inputs["q"].is_contiguous()
+    expected = ref_ops.paged_attention(**inputs)
+    for splits in (1, 2):
+        check_close(f"triton strided q splits={splits}",
+                    _run_triton(inputs, num_splits=splits), expected, ATTN_TOL[torch.float32])
+
+
+def test_paged_attention_all_sequences_empty():
+    inputs = make_attention_inputs([0, 0], [4, 9], 2, 2, 16, 4, torch.float32)
+    assert _run_triton(inputs).shape == (0, 2, 16)
+    assert ref_ops.paged_attention(**inputs).shape == (0, 2, 16)
+
+
+def test_split_heuristic():
+    # small batch, long context: split to fill the GPU, within bounds
+    s1 = choose_num_splits(1, 8, 4096, 1)
+    assert 1 < s1 <= MAX_SPLITS and 4096 // s1 >= MIN_TOKENS_PER_SPLIT
+    # big batch already fills the GPU
+    assert choose_num_splits(64, 8, 4096, 1) == 1
+    # prefill parallelises over query tiles instead
+    assert choose_num_splits(1, 8, 4096, 2048) == 1
+    # short contexts are not worth splitting
+    assert choose_num_splits(1, 8, 2 * MIN_TOKENS_PER_SPLIT - 1, 1) == 1
+    # more sequences -> fewer splits
+    assert choose_num_splits(4, 8, 4096, 1) <= s1
+    assert choose_num_splits(1, 1, 1 << 20, 1) == MAX_SPLITS
+
+
+# --------------------------------------------------------------------------
+# Real shapes, bf16, on the GPU only
+# --------------------------------------------------------------------------
+
+def _random_lengths(n, lo, hi):
+    return [random.randint(lo, hi) for _ in range(n)]
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (32, 32, 128), (16, 4, 64)])
+def test_gpu_prefill(dtype, hq, hkv, d):
+    qlens = _random_lengths(3, 1, 1100)
+    inputs = make_attention_inputs(qlens, qlens, hq, hkv, d, 16, dtype)
+    check_close(f"gpu prefill {qlens} {hq}/{hkv} d{d}", _run_triton(inputs),
+                ref_ops.paged_attention(**inputs), ATTN_TOL[dtype])
+
+
+@gpu_only
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("num_splits", [1, None, 16], ids=["nosplit", "auto", "split16"])
+def test_gpu_decode(batch, num_splits):
+    ctxs = _random_lengths(batch, 1, 4096)
+    ctxs[0] = 4096
+    inputs = make_attention_inputs([1] * batch, ctxs, 32, 8, 128, 16, torch.bfloat16)
+    check_close(f"gpu decode B{batch} splits={num_splits}", _run_triton(inputs, num_splits=num_splits),
+                ref_ops.paged_attention(**inputs), ATTN_TOL[torch.bfloat16])
+
+
+@gpu_only
+def test_gpu_mixed_chunked_prefill_and_decode():
+    ctxs = _random_lengths(12, 1, 3000)
+    qlens = [random.randint(1, c) if i % 3 == 0 else 1 for i, c in enumerate(ctxs)]
+    qlens[1] = 0
+    inputs = make_attention_inputs(qlens, ctxs, 32, 8, 128, 16, torch.bfloat16)
+    expected = ref_ops.paged_attention(**inputs)
+    for splits in (1, 4):
+        check_close(f"gpu mixed splits={splits}", _run_triton(inputs, num_splits=splits),
+                    expected, ATTN_TOL[torch.bfloat16])
