@@ -37,6 +37,17 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer:
 
 
 @dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    num_preemptions: int
+    prefix_cache_queries: int   # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int      # of which found cached
+
+
+@dataclass
 class Completion:
     """The whole result of one request, for offline use (`LLMEngine.generate`)."""
     text: str
@@ -109,6 +120,14 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
+
+    def stats(self) -> "EngineStats":
+        """A snapshot for metrics; plain int reads, safe to call from another thread."""
+        bm = self.block_manager
+        return EngineStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+                           kv_blocks_used=bm.num_used_blocks, kv_blocks_total=bm.num_blocks,
+                           num_preemptions=self.scheduler.num_preemptions,
+                           prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits)
 
     # ----- one step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -2,10 +2,17 @@
 
 Callers (Triton's execute(), tests, benchmarks) call `submit` from any thread: the request is
 tokenized and validated there, so a bad request fails in the caller with a clear error, and then
-queued for the engine thread. Outputs are delivered by calling the request's `on_output` on the
-engine thread; the last one has `finished=True`. A callback that raises aborts only its own request.
-If a step itself fails (a bug, the GPU), every in-flight request gets an error output and the loop
-stops, reporting `healthy == False`, instead of hanging.
+queued for the engine thread.
+
+Outputs are delivered by a second thread, so the engine thread never waits on a slow receiver:
+handing a response to Triton costs tens of microseconds per call, which at thousands of tokens per
+second would otherwise stall the GPU. When delivery falls behind, consecutive outputs of the same
+request are merged into one (text and tokens concatenated), so a loaded server sends fewer, larger
+stream chunks instead of queueing without bound. Each request's last output has `finished=True`.
+
+A callback that raises aborts only its own request. If a step itself fails (a bug, the GPU), every
+in-flight request gets an error output and the loop stops, reporting `healthy == False`, instead of
+hanging.
 """
 from __future__ import annotations
 
@@ -29,6 +36,19 @@ class EngineDead(RuntimeError):
     """The engine loop has stopped (fatal error or shutdown); no request can be served."""
 
 
+def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One output equivalent to delivering `first` then `later` (same request)."""
+    logprobs = None
+    if first.logprobs is not None or later.logprobs is not None:
+        logprobs = (first.logprobs or []) + (later.logprobs or [])
+    return RequestOutput(
+        request_id=later.request_id, text=first.text + later.text,
+        token_ids=first.token_ids + later.token_ids, finished=later.finished,
+        finish_reason=later.finish_reason, num_input_tokens=later.num_input_tokens,
+        num_output_tokens=later.num_output_tokens, cumulative_logprob=later.cumulative_logprob,
+        logprobs=logprobs, error=later.error)
+
+
 class EngineLoop:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
@@ -36,13 +56,18 @@ class EngineLoop:
         self._wakeup = threading.Event()
         self._new: deque[tuple[str, list[int], SamplingParams, OutputCallback]] = deque()
         self._aborts: deque[str] = deque()
-        self._callbacks: dict[str, OutputCallback] = {}
+        self._callbacks: dict[str, OutputCallback] = {}   # engine thread only
+        self._outbox: deque[tuple[OutputCallback, RequestOutput]] = deque()
+        self._outbox_ready = threading.Condition()
         self._stopping = False
+        self._engine_done = False
         self.fatal_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._delivery = threading.Thread(target=self._deliver_loop, name="llm-delivery", daemon=True)
 
     def start(self) -> "EngineLoop":
         self._thread.start()
+        self._delivery.start()
         return self
 
     @property
@@ -70,16 +95,18 @@ class EngineLoop:
         return len(ids)
 
     def abort(self, request_id: str) -> None:
-        """Stop a request (client cancelled); it gets a final output with finish_reason 'abort'."""
+        """Stop a request (client cancelled); it gets a final output with finish_reason 'abort'
+        at the start of the next engine step, and its KV blocks are freed."""
         with self._lock:
             self._aborts.append(request_id)
         self._wakeup.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Abort everything in flight (each request gets its final output) and stop the thread."""
+        """Abort everything in flight (each request gets its final output) and stop the threads."""
         self._stopping = True
         self._wakeup.set()
         self._thread.join(timeout)
+        self._delivery.join(timeout)
 
     # ----- engine thread -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -90,54 +117,46 @@ class EngineLoop:
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()
                     continue
-                for out in self.engine.step():
-                    self._deliver(out)
+                self._emit(self.engine.step())
+            self._take_inbox()
+            self._emit([o for o in map(self.engine.abort, list(self._callbacks)) if o is not None])
         except Exception as e:  # a failed step leaves the batch in an unknown state: stop
             self.fatal_error = f"engine step failed: {type(e).__name__}: {e}"
             log.error("%s\n%s", self.fatal_error, traceback.format_exc())
             self._fail_all(self.fatal_error)
-            return
-        self._take_inbox()
-        for rid in list(self._callbacks):
-            out = self.engine.abort(rid)
-            if out is not None:
-                self._deliver(out)
+        finally:
+            with self._outbox_ready:
+                self._engine_done = True
+                self._outbox_ready.notify()
 
     def _take_inbox(self) -> None:
         with self._lock:
             new, self._new = list(self._new), deque()
             aborts, self._aborts = list(self._aborts), deque()
+        failed = []
         for rid, ids, params, cb in new:
             try:
                 self.engine.add_request(rid, ids, params)
-            except Exception as e:  # e.g. a duplicate id: fail this request only
-                self._safe_call(cb, RequestOutput(rid, "", [], True, "error", error=str(e)))
+            except Exception as e:  # e.g. a duplicate id, a full queue: fail this request only
+                failed.append((cb, RequestOutput(rid, "", [], True, "error", error=str(e))))
                 continue
             self._callbacks[rid] = cb
-        for rid in aborts:
-            out = self.engine.abort(rid)
-            if out is not None:
-                self._deliver(out)
+        self._post(failed)
+        self._emit([o for o in map(self.engine.abort, aborts) if o is not None])
 
-    def _deliver(self, out: RequestOutput) -> None:
-        cb = self._callbacks.get(out.request_id)
-        if cb is None:
-            return
-        if out.finished:
-            del self._callbacks[out.request_id]
-        if not self._safe_call(cb, out) and not out.finished:
-            # The receiver is gone (client disconnected, sender closed): free its resources now.
-            del self._callbacks[out.request_id]
-            self.engine.abort(out.request_id)
+    def _emit(self, outputs: list[RequestOutput]) -> None:
+        items = []
+        for out in outputs:
+            cb = self._callbacks.pop(out.request_id) if out.finished else self._callbacks.get(out.request_id)
+            if cb is not None:
+                items.append((cb, out))
+        self._post(items)
 
-    @staticmethod
-    def _safe_call(cb: OutputCallback, out: RequestOutput) -> bool:
-        try:
-            cb(out)
-            return True
-        except Exception:
-            log.warning("output callback for %s failed:\n%s", out.request_id, traceback.format_exc())
-            return False
+    def _post(self, items) -> None:
+        if items:
+            with self._outbox_ready:
+                self._outbox.extend(items)
+                self._outbox_ready.notify()
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -145,8 +164,38 @@ class EngineLoop:
             self._new.clear()
         pending += list(self._callbacks.items())
         self._callbacks.clear()
-        for rid, cb in pending:
-            self._safe_call(cb, RequestOutput(rid, "", [], True, "error", error=message))
+        self._post([(cb, RequestOutput(rid, "", [], True, "error", error=message)) for rid, cb in pending])
+
+    # ----- delivery thread -----------------------------------------------------------------------
+    def _deliver_loop(self) -> None:
+        dead: set[str] = set()   # requests whose receiver failed: drop their remaining outputs
+        while True:
+            with self._outbox_ready:
+                while not self._outbox and not self._engine_done:
+                    self._outbox_ready.wait()
+                if not self._outbox and self._engine_done:
+                    return
+                items, self._outbox = self._outbox, deque()
+            # Keyed by receiver too: a refused duplicate id has its own callback and its own error.
+            merged: dict[tuple[str, int], list] = {}   # insertion order = order of first output
+            for cb, out in items:
+                key = (out.request_id, id(cb))
+                if key in merged:
+                    merged[key][1] = merge_outputs(merged[key][1], out)
+                else:
+                    merged[key] = [cb, out]
+            for (rid, _), (cb, out) in merged.items():
+                if rid in dead:
+                    if out.finished:
+                        dead.discard(rid)
+                    continue
+                try:
+                    cb(out)
+                except Exception:
+                    log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
+                    if not out.finished:
+                        dead.add(rid)
+                        self.abort(rid)  # the receiver is gone: free the request's blocks now
 
 
-__all__ = ["EngineLoop", "EngineDead", "QueueFull"]
+__all__ = ["EngineLoop", "EngineDead", "QueueFull", "merge_outputs"]

@@ -54,11 +54,12 @@ class SamplingParams:
     def from_json(cls, text: str | None, max_json_bytes: int = 64 * 1024) -> "SamplingParams":
         if text is None or text == "":
             return cls()
-        if len(text) > max_json_bytes:
-            raise InvalidRequest("sampling_parameters", f"JSON is {len(text)} bytes, limit {max_json_bytes}")
+        size = len(text) if len(text) > max_json_bytes else len(text.encode("utf-8", "surrogatepass"))
+        if size > max_json_bytes:
+            raise InvalidRequest("sampling_parameters", f"JSON is {size} bytes, limit {max_json_bytes}")
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also JSON integers too long to parse
             raise InvalidRequest("sampling_parameters", f"not valid JSON ({e})") from None
         if not isinstance(obj, dict):
             raise InvalidRequest("sampling_parameters", "must be a JSON object")
@@ -127,7 +128,7 @@ def _as_float(name, v):
         raise InvalidRequest(name, f"must be a number, got {v!r}")
     try:
         f = float(v)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
         raise InvalidRequest(name, f"must be a number, got {v!r}") from None
     if not math.isfinite(f):
         raise InvalidRequest(name, f"must be finite, got {v!r}")

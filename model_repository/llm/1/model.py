@@ -22,6 +22,9 @@ try:  # installed into the environment (pip install -e .), or run from a checkou
     import engine  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from triton_metrics import LLMMetrics  # noqa: E402
 
 from engine import (EngineConfig, EngineDead, EngineLoop, InvalidRequest, LLMEngine, QueueFull,
                     SamplingParams)
@@ -30,7 +33,6 @@ from engine.sequence import RequestOutput
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
                "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
-CANCEL_CHECK_INTERVAL_S = 0.02   # is_cancelled() is an IPC round trip: ask at most this often
 
 
 def _engine_config(model_config: dict, args: dict) -> EngineConfig:
@@ -73,19 +75,43 @@ def _string_tensor(name: str, values: list[str]) -> pb_utils.Tensor:
 
 
 class _Request:
-    """One request's reply state; `on_output` runs on the engine thread."""
+    """One request's reply state; `on_output` runs on the engine loop's delivery thread."""
 
-    def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int):
+    def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int, metrics: LLMMetrics):
         self.sender = sender
+        self.metrics = metrics
+        self.t_start = time.monotonic()
+        self.t_first: float | None = None
+        self.t_last = self.t_start
+        self.closed = False
         self.prompt = prompt
         self.flags = flags
         self.num_input_tokens = input_tokens
         self.stream = flags["stream"]
         self.text_parts: list[str] = []   # non-streaming: everything, sent at the end
         self.logprobs: list[dict] = []
-        self.last_cancel_check = time.monotonic()
 
     def on_output(self, out: RequestOutput) -> None:
+        """Runs on the engine loop's delivery thread. Under load, one call may carry several
+        tokens (the loop merges outputs that queued up), so the IPC calls below are per call,
+        not per token."""
+        if self.closed:
+            return
+        try:
+            self._reply(out)
+        except _Cancelled:
+            raise
+        except Exception as e:  # never leave the client waiting for a final response
+            self.closed = True
+            try:
+                self.sender.send(_error(f"internal error sending the response: {type(e).__name__}: {e}",
+                                        pb_utils.TritonError.INTERNAL),
+                                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            finally:
+                raise
+
+    def _reply(self, out: RequestOutput) -> None:
+        self._observe(out)
         if out.error is not None:
             self.sender.send(_error(out.error, pb_utils.TritonError.INTERNAL),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -95,9 +121,10 @@ class _Request:
                                     pb_utils.TritonError.UNAVAILABLE),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
-        if not out.finished and self._cancelled():
+        if not out.finished and self.sender.is_cancelled():
             self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._finish("cancelled", out)
             raise _Cancelled()  # makes the loop abort the request and free its KV blocks
         if self.stream:
             self.sender.send(self._response(out.text, out, len(out.token_ids), out.logprobs),
@@ -113,12 +140,24 @@ class _Request:
             self.sender.send(self._response(text, out, out.num_output_tokens, self.logprobs),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _cancelled(self) -> bool:
+    def _observe(self, out: RequestOutput) -> None:
         now = time.monotonic()
-        if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
-            return False
-        self.last_cancel_check = now
-        return self.sender.is_cancelled()
+        if out.token_ids:
+            if self.t_first is None:
+                self.t_first = now
+            else:
+                self.metrics.token_gap((now - self.t_last) / len(out.token_ids))
+            self.t_last = now
+        if out.finished:
+            self._finish("error" if out.error else (out.finish_reason or "error"), out)
+
+    def _finish(self, reason: str, out: RequestOutput) -> None:
+        self.closed = True
+        now = time.monotonic()
+        self.metrics.request_finished(reason, out.num_input_tokens or self.num_input_tokens,
+                                      out.num_output_tokens,
+                                      None if self.t_first is None else self.t_first - self.t_start,
+                                      now - self.t_start)
 
     def _response(self, text: str, out: RequestOutput, num_tokens: int, logprobs) -> pb_utils.InferenceResponse:
         f = self.flags
@@ -151,6 +190,7 @@ class TritonPythonModel:
         self.engine = LLMEngine(self.config)
         self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
         self.loop = EngineLoop(self.engine).start()
+        self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]}, self.engine)
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")
@@ -183,7 +223,7 @@ class TritonPythonModel:
         if flags["return_logprobs"] and params.logprobs is None:
             params.logprobs = 0  # the chosen token's logprob only
         request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-        state = _Request(sender, prompt, flags, 0)
+        state = _Request(sender, prompt, flags, 0, self.metrics)
         state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
 
     def _prompt(self, request) -> str:
@@ -228,3 +268,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.loop.shutdown(timeout=30.0)
+        self.metrics.close()

