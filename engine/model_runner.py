@@ -22,6 +22,8 @@ class ModelRunner:
         self.model_cfg = model_cfg
         self.device = torch.device(config.device)
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype()
         self.block_size = config.block_size

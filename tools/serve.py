@@ -53,7 +53,9 @@ def ensure_stub(server_dir: Path) -> None:
 def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
                    expose_admin_apis: bool = False, extra: list[str] | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # SERVER_PYTHON_BIN picks another environment for the model than the launcher's own.
+    python_bin = os.environ.get("SERVER_PYTHON_BIN") or str(Path(sys.executable).parent)
+    env["PATH"] = f"{python_bin}{os.pathsep}{env.get('PATH', '')}"
     server_dir = pytriton_server_dir()
     if server_dir is not None:
         ensure_stub(server_dir)
@@ -88,7 +90,7 @@ def main() -> None:
                               args.metrics_port, args.expose_admin_apis, extra)
     model_dir = env.get("MODEL_DIR")
     print(("MODEL_DIR=" + shlex.quote(model_dir) + " " if model_dir else "")
-          + f"PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH " + shlex.join(cmd), flush=True)
+          + f"PATH={shlex.quote(env['PATH'].split(os.pathsep)[0])}:$PATH " + shlex.join(cmd), flush=True)
     if not args.dry_run:
         os.execve(cmd[0], cmd, env)
 
