@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default="perf/results/latest")
     ap.add_argument("--batches", default="1,32,128")
+    ap.add_argument("--profile", action="store_true", help="cProfile a batch-1 run into DIR/profile_<tag>.txt")
     ap.add_argument("--eager-too", action="store_true", help="also time batch 1 without CUDA graphs")
     args = ap.parse_args()
     from engine import EngineConfig, LLMEngine
@@ -84,8 +85,27 @@ def main() -> None:
         tokps = decode_tokps(engine, b, prompt_len=128, new_tokens=256 if b == 1 else 128)
         metrics[f"engine_decode_bs{b}_{tag}_tokps"] = tokps
         print(f"batch {b:4d}: {tokps:10.1f} tok/s", flush=True)
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        # The GPU time of one batch-1 decode step alone (graph replay): the rest of a step's
+        # time is host work (scheduling, input copies, sampling, detokenizing).
+        import triton.testing
+        metrics[f"engine_decode_bs1_{tag}_graph_ms"] = triton.testing.do_bench(
+            graphs.graphs[1].replay, warmup=20, rep=200, return_mode="median")
+        metrics[f"engine_decode_bs1_{tag}_step_ms"] = 1e3 / metrics[f"engine_decode_bs1_{tag}_tokps"]
     metrics[f"engine_decode_bs1_{tag}_ratio"] = (metrics[f"engine_decode_bs1_{tag}_tokps"]
                                                  / metrics[f"engine_decode_bs1_{tag}_roofline_tokps"])
+    if args.profile:
+        import cProfile
+        import io
+        import pstats
+        prof = cProfile.Profile()
+        prof.enable()
+        decode_tokps(engine, 1, prompt_len=128, new_tokens=128)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        (out / f"profile_{tag}.txt").write_text(buf.getvalue())
     if args.eager_too:
         del engine
         torch.cuda.empty_cache()

@@ -1,0 +1,80 @@
+"""KV pressure through the real server: a cache far too small for the offered load preempts and
+recomputes instead of failing, every stream gets exactly its solo text, nothing leaks; a full
+waiting queue answers UNAVAILABLE; a request that could never fit is refused up front."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from client import ClientError, GenerateRequest, stream_grpc
+from engine import EngineConfig, LLMEngine, SamplingParams
+from tests.conftest import start_server, stop_server, write_model_repository
+from tests.e2e.test_metrics_cancel import scrape, wait_for
+
+NUM_BLOCKS = 20          # 320 tokens of KV cache for 20 streams of ~60 tokens each
+OUTPUT_TOKENS = 40
+PROMPTS = [f"Request number {i}: tell me a story about the number {i * 7}" for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def small_cache_server(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("pressure")
+    repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks=str(NUM_BLOCKS), max_num_seqs="16",
+                                  max_model_len="1024", max_waiting_requests="64")
+    srv = start_server(tmp, repo, tiny_model_dir)
+    yield srv
+    stop_server(srv)
+
+
+def test_preemption_under_16_plus_streams_keeps_every_text(small_cache_server, tiny_model_dir):
+    srv = small_cache_server
+    solo_engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cpu", num_kv_blocks=256,
+                                         max_model_len=256))
+    params = SamplingParams(max_tokens=OUTPUT_TOKENS, temperature=0, ignore_eos=True)
+    solo = {p: solo_engine.generate([p], params)[0].text for p in PROMPTS}
+
+    def run(prompt):
+        req = GenerateRequest(prompt, max_tokens=OUTPUT_TOKENS, temperature=0.0, ignore_eos=True)
+        chunks = list(stream_grpc(srv.grpc_url, srv.model, req, timeout=300))
+        return prompt, "".join(c.text for c in chunks), sum(c.num_output_tokens for c in chunks)
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        results = list(pool.map(run, PROMPTS))
+    for prompt, text, n in results:
+        assert n == OUTPUT_TOKENS
+        assert text == solo[prompt], prompt
+    metrics = wait_for(lambda: (s := scrape(srv)) and s["llm_kv_cache_blocks_used"] == 0 and s)
+    assert metrics["vllm:num_preemptions_total"] > 0, "the test must actually force preemption"
+
+
+def test_request_larger_than_the_whole_cache_is_refused(small_cache_server):
+    srv = small_cache_server
+    with pytest.raises(ClientError) as info:
+        list(stream_grpc(srv.grpc_url, srv.model, GenerateRequest("x", max_tokens=NUM_BLOCKS * 16)))
+    assert "max_tokens" in info.value.message and "KV cache" in info.value.message
+
+
+def test_full_waiting_queue_answers_unavailable(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("queue")
+    repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks="64", max_num_seqs="1",
+                                  max_waiting_requests="2")
+    srv = start_server(tmp, repo, tiny_model_dir)
+    try:
+        def run(i):
+            req = GenerateRequest(f"queue test {i}", max_tokens=30, temperature=0.0, ignore_eos=True)
+            try:
+                chunks = list(stream_grpc(srv.grpc_url, srv.model, req, timeout=300))
+                return "ok", sum(c.num_output_tokens for c in chunks)
+            except ClientError as e:
+                return "error", e.message
+
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(run, range(12)))
+        refused = [msg for kind, msg in results if kind == "error"]
+        served = [n for kind, n in results if kind == "ok"]
+        assert refused and served, results
+        assert all("queue is full" in msg for msg in refused), refused
+        assert all(n == 30 for n in served)
+    finally:
+        stop_server(srv)
