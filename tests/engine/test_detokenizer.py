@@ -1,0 +1,175 @@
+"""Incremental detokenization with the trained byte-level BPE tokenizer of a tiny checkpoint.
+
+Ground truth: `tokenizer.decode` of all tokens, and the raw bytes of each token (computed here from
+the byte-level alphabet), which say when the text so far ends on a character boundary.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from engine import SamplingParams
+from engine.detokenizer import IncrementalDetokenizer
+from engine_testing import PROMPTS, complete_utf8_prefix, run_requests, token_bytes
+
+TEXTS = [
+    "Emoji: 😀 😃 🚀 🎉 👍🏽 🇫🇷 ❤️ ✨ 🤖 — and a family 👨‍👩‍👧‍👦 with zero-width joiners.",
+    "昔々、小さなモデルがありました。从前有一个小模型，它一个一个地生成词元。你好，世界！",
+    "Il était une fois… Ça marche très bien, n'est-ce pas ? Größe, Straße, Übermäßig, Ångström, naïve.",
+    "Mixed: Привет, мир! 안녕하세요 مرحبا بالعالم नमस्ते दुनिया שלום Γειά σου κόσμε ไทย",
+    "Combining: e\u0301 a\u0300 n\u0303; math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ∑∫√∞; hieroglyph 𓀀; ligature ﷽; CJK ext 𠀀𠀁.",
+    "code = {'k': \"v\"}  # ascii\n\tindent\r\n" + "😀" * 7 + "é" * 5 + "中" * 9,
+]
+PROMPT_TEXTS = ["", "Start:", "昔々、小さな", "Emoji 🚀 then"]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir) -> Tokenizer:
+    return Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+
+
+def stream(tok, prompt_ids, ids, skip_special=True):
+    d = IncrementalDetokenizer(tok, prompt_ids, skip_special)
+    pieces = [d.add(t) for t in ids]
+    return pieces, d.flush()
+
+
+def check_stream(tok, prompt_ids, ids, skip_special=True):
+    """All the properties of one incremental decode; returns the pieces."""
+    d = IncrementalDetokenizer(tok, prompt_ids, skip_special)
+    final = tok.decode(ids, skip_special_tokens=skip_special)
+    emitted = ""
+    pieces = []
+    data = b""
+    for k, t in enumerate(ids):
+        piece = d.add(t)
+        assert isinstance(piece, str)
+        pieces.append(piece)
+        emitted += piece
+        data += token_bytes(tok, t, skip_special)
+        if "\ufffd" not in final:
+            assert "\ufffd" not in piece, f"piece {piece!r} after token {k} holds half a character"
+        # never ahead of what the tokens so far determine...
+        assert data.decode("utf-8", errors="replace").startswith(emitted)
+        assert final.startswith(emitted)
+        # ...and never behind: on a character boundary everything so far has been emitted
+        text_so_far, on_boundary = complete_utf8_prefix(data)
+        if on_boundary:
+            assert emitted == text_so_far, f"held back text at a character boundary after token {k}"
+    tail = d.flush()
+    assert emitted + tail == final
+    assert d.flush() == ""
+    return pieces
+
+
+def test_token_bytes_agree_with_the_tokenizer(tok):
+    """The independent byte view used below is right."""
+    for text in TEXTS:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert b"".join(token_bytes(tok, t) for t in ids).decode("utf-8") == text == tok.decode(ids)
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
+@pytest.mark.parametrize("prompt", PROMPT_TEXTS, ids=range(len(PROMPT_TEXTS)))
+def test_multilingual_text_token_by_token(tok, text, prompt):
+    prompt_ids = tok.encode(prompt).ids                  # with BOS, as the engine's prompts
+    ids = tok.encode(text, add_special_tokens=False).ids
+    pieces = check_stream(tok, prompt_ids, ids)
+    assert "".join(pieces) == text                       # valid text: nothing left for flush
+    # the test means something: some characters really are split across tokens
+    splits = sum(1 for t in ids if not _is_complete(token_bytes(tok, t)))
+    if any(ord(c) > 0x7F for c in text):
+        assert splits > 0 and "" in pieces
+
+
+def _is_complete(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_long_text_crosses_the_window_trim(tok):
+    text = " ".join(TEXTS) * 3
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert len(ids) > 300
+    pieces = check_stream(tok, tok.encode("Hello").ids, ids)
+    assert "".join(pieces) == text
+
+
+def test_special_tokens_skipped_or_kept(tok):
+    eos = tok.token_to_id("<|end_of_text|>")
+    ids = tok.encode("abc 😀", add_special_tokens=False).ids
+    mixed = ids[:2] + [eos] + ids[2:] + [eos]
+    pieces, tail = stream(tok, [], mixed, skip_special=True)
+    assert "".join(pieces) + tail == "abc 😀"
+    pieces, tail = stream(tok, [], mixed, skip_special=False)
+    assert "".join(pieces) + tail == tok.decode(mixed, skip_special_tokens=False)
+    assert ("".join(pieces) + tail).count("<|end_of_text|>") == 2
+
+
+def test_flush_returns_an_unfinished_character_as_replacement(tok):
+    ids = tok.encode("ok 😀", add_special_tokens=False).ids
+    # drop the last token: the emoji is cut in the middle
+    cut = next(i for i in range(len(ids), 0, -1) if not _is_complete(b"".join(token_bytes(tok, t) for t in ids[:i])))
+    pieces, tail = stream(tok, [], ids[:cut])
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) + tail == tok.decode(ids[:cut])
+    assert tail.endswith("\ufffd")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_token_sequences(tok, data):
+    """Any token sequence (even invalid UTF-8, as a random model emits) decodes to exactly
+    tokenizer.decode, pieces never run ahead, and valid text is never held back."""
+    vocab = tok.get_vocab_size()
+    ids = data.draw(st.lists(st.integers(3, vocab - 1), min_size=1, max_size=80))
+    prompt = data.draw(st.sampled_from(PROMPT_TEXTS))
+    check_stream(tok, tok.encode(prompt).ids, ids)
+
+
+def test_random_slices_of_multilingual_encodings(tok):
+    rng = random.Random(0)
+    all_ids = tok.encode(" ".join(TEXTS), add_special_tokens=False).ids
+    for _ in range(200):
+        a = rng.randrange(len(all_ids))
+        b = rng.randrange(a + 1, min(len(all_ids), a + 60) + 1)
+        check_stream(tok, tok.encode(rng.choice(PROMPT_TEXTS)).ids, all_ids[a:b])
+
+
+# ----- through the engine -------------------------------------------------------------------------
+def test_engine_streamed_text_equals_decode_of_tokens(checkpoint, engine_factory):
+    d = checkpoint("gqa")
+    eng = engine_factory(d)
+    prompts = [eng.tokenize(p) for p in PROMPTS] + [eng.tokenize(t) for t in TEXTS[:3]]
+    params = [SamplingParams(temperature=t, seed=i, max_tokens=40, ignore_eos=True)
+              for i, t in enumerate([0.0, 1.0, 1.5, 0.0, 1.2, 0.8, 1.0, 2.0])]
+    for i, (text, toks, reason) in enumerate(run_requests(eng, prompts, params)):
+        assert reason == "length" and len(toks) == 40
+        assert text == eng.tokenizer.decode(toks), f"request {i}"
+
+
+def test_engine_streams_multilingual_token_sequences_cleanly(checkpoint, engine_factory, tok):
+    """Feed a multilingual encoding through the engine's own output path (the engine's detokenizer
+    and _output), one token per step, and check the deltas."""
+    d = checkpoint("gqa")
+    eng = engine_factory(d)
+    for text in TEXTS:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        seq = eng.add_request("t", eng.tokenize("Say:"), SamplingParams(max_tokens=len(ids), ignore_eos=True))
+        deltas = []
+        for t in ids:
+            eng._append_token(seq, t, 0.0, None)
+            out = eng._output(seq)
+            assert "\ufffd" not in out.text
+            deltas.append(out.text)
+        assert seq.finished and seq.finish_reason == "length"
+        assert "".join(deltas) == text
+        eng.abort("t")
