@@ -41,7 +41,17 @@ class ModelConfig:
         path = model_dir / "config.json"
         if not path.is_file():
             raise ModelLoadError(f"{path} is missing: a Hugging Face model directory needs config.json")
-        cfg = json.loads(path.read_text())
+        try:
+            cfg = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return cls._from_hf(cfg, model_dir, path)
+        except KeyError as e:
+            raise ModelLoadError(f"{path} lacks the required key {e.args[0]!r}") from None
+
+    @classmethod
+    def _from_hf(cls, cfg: dict, model_dir: Path, path: Path) -> "ModelConfig":
         archs = cfg.get("architectures") or []
         if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
             raise ModelLoadError(f"unsupported architecture {archs or cfg.get('model_type')!r} in {path}; "

@@ -60,6 +60,7 @@ class EngineLoop:
         self._outbox: deque[tuple[OutputCallback, RequestOutput]] = deque()
         self._outbox_ready = threading.Condition()
         self._stopping = False
+        self._inbox_closed = False   # set (under the lock) when the engine thread takes no more
         self._engine_done = False
         self.fatal_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
@@ -87,6 +88,8 @@ class EngineLoop:
         ids = self.engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self.engine.check_request(ids, params)
         with self._lock:
+            if self._inbox_closed:  # checked under the lock: the engine thread's last drain is done
+                raise EngineDead(self.fatal_error or "the engine is shutting down")
             waiting = len(self._new) + len(self.engine.scheduler.waiting)
             if waiting >= self.engine.config.max_waiting_requests:
                 raise QueueFull(f"the waiting queue is full ({waiting} requests); retry later")
@@ -118,6 +121,8 @@ class EngineLoop:
                     self._wakeup.clear()
                     continue
                 self._emit(self.engine.step())
+            with self._lock:
+                self._inbox_closed = True
             self._take_inbox()
             self._emit([o for o in map(self.engine.abort, list(self._callbacks)) if o is not None])
         except Exception as e:  # a failed step leaves the batch in an unknown state: stop
@@ -160,6 +165,7 @@ class EngineLoop:
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
+            self._inbox_closed = True
             pending = [(rid, cb) for rid, _, _, cb in self._new]
             self._new.clear()
         pending += list(self._callbacks.items())

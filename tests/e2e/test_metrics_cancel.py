@@ -55,7 +55,7 @@ def test_metrics_move_as_requests_run(server):
     assert after["vllm:e2e_request_latency_seconds_sum"] > before.get("vllm:e2e_request_latency_seconds_sum", 0)
     assert after["vllm:time_per_output_token_seconds_count"] > before.get("vllm:time_per_output_token_seconds_count", 0)
     for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
-                  "llm_kv_cache_blocks_used", "vllm:gpu_prefix_cache_hit_rate"):
+                  "llm_kv_cache_blocks_used", "vllm:gpu_prefix_cache_hit_rate", "llm_engine_healthy"):
         assert gauge in after, gauge
 
 

@@ -20,9 +20,10 @@ FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
 
 
 class LLMMetrics:
-    def __init__(self, labels: dict[str, str], engine, refresh_s: float = 0.5):
+    def __init__(self, labels: dict[str, str], engine, healthy=lambda: True, refresh_s: float = 0.5):
         C, G, H = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.HISTOGRAM
         self.engine = engine
+        self.is_healthy = healthy
         # Triton requires each MetricFamily to outlive its Metric objects: keep them all here.
         self._families: list = []
 
@@ -47,6 +48,10 @@ class LLMMetrics:
         self.kv_blocks_used = _family("llm_kv_cache_blocks_used", "KV-cache blocks in use", G).Metric(labels=labels)
         self.preemptions = _family("vllm:num_preemptions_total", "Preempted sequences", C).Metric(labels=labels)
         self.prefix_hit_rate = _family("vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate (tokens)", G).Metric(labels=labels)
+        # 0 after a fatal engine error: Triton 2.51 cannot mark a Python model not-ready, so a
+        # liveness check reads this instead (see README, Deployment).
+        self.healthy = _family("llm_engine_healthy", "1 while the engine loop runs, 0 after a fatal error", G).Metric(labels=labels)
+        self.healthy.set(1)
         self._last_preemptions = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, args=(refresh_s,), name="llm-metrics", daemon=True)
@@ -65,6 +70,7 @@ class LLMMetrics:
         self.itl.observe(seconds)
 
     def refresh(self) -> None:
+        self.healthy.set(1 if self.is_healthy() else 0)
         s = self.engine.stats()
         self.running.set(s.num_running)
         self.waiting.set(s.num_waiting)
