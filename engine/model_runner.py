@@ -28,6 +28,7 @@ class ModelRunner:
         self.dtype = config.resolved_dtype()
         self.block_size = config.block_size
         self.max_model_len = max_model_len
+        self._staging: torch.Tensor | None = None   # pinned host buffer for step inputs
         weights = fused_weights(model_cfg, load_state_dict(config.model_dir, self.dtype, self.device))
         self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len)
         self.num_blocks = config.num_kv_blocks or self._blocks_that_fit()
@@ -85,6 +86,8 @@ class ModelRunner:
         return int(budget // self.bytes_per_block)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """Flatten the batch into the model's inputs with one host-to-device copy: every index
+        array is packed into a single (pinned, on GPU) int64 buffer, then sliced on the device."""
         bs = self.block_size
         input_ids, positions, slots, cu, ctx, logits_idx = [], [], [], [0], [], []
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
@@ -98,16 +101,25 @@ class ModelRunner:
             if batch.samples(i):
                 logits_idx.append(cu[-1] - 1)
         width = max(len(s.block_table) for s in batch.seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
-
-        def t(x, dtype):
-            return torch.tensor(x, dtype=dtype).to(self.device, non_blocking=True)
-
+        tables = [b for s in batch.seqs for b in s.block_table + [0] * (width - len(s.block_table))]
+        parts = (input_ids, positions, slots, ctx, cu, logits_idx, tables)
+        flat = torch.tensor([x for part in parts for x in part], dtype=torch.long)
+        if self.device.type == "cuda":
+            if self._staging is None or self._staging.numel() < flat.numel():
+                self._staging = torch.empty(max(flat.numel(), 1 << 16), dtype=torch.long, pin_memory=True)
+            staged = self._staging[:flat.numel()]
+            staged.copy_(flat)
+            flat = staged.to(self.device, non_blocking=True)
+        views, offset = [], 0
+        for part in parts:
+            views.append(flat[offset:offset + len(part)])
+            offset += len(part)
+        ids_t, pos_t, slot_t, ctx_t, cu_t, idx_t, tables_t = views
         return StepInputs(
-            input_ids=t(input_ids, torch.long), positions=t(positions, torch.long),
-            slot_mapping=t(slots, torch.long), block_tables=t(tables, torch.int32),
-            context_lens=t(ctx, torch.int32), cu_seqlens_q=t(cu, torch.int32),
-            max_seqlen_q=max(batch.num_new_tokens), logits_indices=t(logits_idx, torch.long))
+            input_ids=ids_t, positions=pos_t, slot_mapping=slot_t,
+            block_tables=tables_t.view(len(batch.seqs), width).to(torch.int32),
+            context_lens=ctx_t.to(torch.int32), cu_seqlens_q=cu_t.to(torch.int32),
+            max_seqlen_q=max(batch.num_new_tokens), logits_indices=idx_t)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:

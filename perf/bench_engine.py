@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -113,7 +114,7 @@ def main() -> None:
                                        enforce_eager=True, kv_cache_memory_fraction=0.85))
         metrics[f"engine_decode_bs1_{tag}_eager_tokps"] = decode_tokps(eager, 1, 128, 128)
     try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
+        commit = os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
     except Exception:
         commit = "unknown"
     report = {"device": torch.cuda.get_device_name(), "command": " ".join(["python"] + sys.argv),

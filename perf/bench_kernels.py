@@ -384,6 +384,8 @@ def _profile_decode(q, k_cache, v_cache, meta, args):
 
 def git_commit() -> str:
     try:
+        if os.environ.get("GIT_COMMIT"):
+            return os.environ["GIT_COMMIT"]
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip() or "unknown"
     except Exception:  # noqa: BLE001 - no git, no commits yet, ...

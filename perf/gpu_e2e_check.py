@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ TOP_K = 5
 
 def git_commit() -> str:
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
+        return os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"

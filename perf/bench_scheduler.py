@@ -1,0 +1,137 @@
+"""Scheduler benchmark (engine in-process, no server): prefix caching and chunked prefill on the GPU.
+
+    python3 perf/bench_scheduler.py --out DIR [--size llama-3.2-1b]
+
+1. Prefix caching: TTFT of a request whose 2,048-token prefix is cached (a previous request shared
+   it) against the same request on a cold cache (prefix caching off), median of several runs.
+2. Chunked prefill: 32 streams decode; we record their inter-token latencies (ITL) without other
+   work, then while an 8,192-token prompt arrives and is prefilled in chunks of
+   max_num_batched_tokens. Reports p50 without and p99 with.
+Writes DIR/scheduler.json (device, command, git commit, flat metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def random_ids(n: int, vocab: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab, (n,), generator=g).tolist()
+
+
+def ttft(engine, ids: list[int]) -> float:
+    from engine import SamplingParams
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    engine.add_request(f"ttft-{t0}", ids, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def prefix_ttfts(model_dir: str, prefix_caching: bool, vocab: int, runs: int = 5) -> list[float]:
+    from engine import EngineConfig, LLMEngine
+    engine = LLMEngine(EngineConfig(model_dir=model_dir, device="cuda", max_model_len=16384,
+                                    enable_prefix_caching=prefix_caching, kv_cache_memory_fraction=0.5))
+    prefix = random_ids(2048, vocab, 0)
+    ttft(engine, prefix + random_ids(16, vocab, 1))            # warm up; caches the prefix if on
+    times = [ttft(engine, prefix + random_ids(16, vocab, 100 + i)) for i in range(runs)]
+    del engine
+    torch.cuda.empty_cache()
+    return times
+
+
+def itl_with_and_without_long_prefill(model_dir: str, vocab: int, streams: int = 32):
+    from engine import EngineConfig, LLMEngine, SamplingParams
+    engine = LLMEngine(EngineConfig(model_dir=model_dir, device="cuda", max_model_len=16384,
+                                    max_num_batched_tokens=512, kv_cache_memory_fraction=0.5))
+    params = SamplingParams(max_tokens=4000, temperature=0, ignore_eos=True)
+    for i in range(streams):
+        engine.add_request(f"s{i}", random_ids(128, vocab, 10 + i), params)
+    while any(s.num_output_tokens == 0 for s in engine.seqs.values()):
+        engine.step()
+
+    def decode_gaps(steps: int) -> list[float]:
+        gaps, last = [], time.perf_counter()
+        for _ in range(steps):
+            outs = engine.step()
+            now = time.perf_counter()
+            if any(o.request_id.startswith("s") and o.token_ids for o in outs):
+                gaps.append((now - last) * 1e3)
+                last = now
+        return gaps
+
+    decode_gaps(20)
+    without = decode_gaps(100)
+    engine.add_request("long", random_ids(8192, vocab, 999), SamplingParams(max_tokens=1, temperature=0))
+    with_prefill = []
+    last = time.perf_counter()
+    while "long" in engine.seqs:
+        outs = engine.step()
+        now = time.perf_counter()
+        if any(o.request_id.startswith("s") and o.token_ids for o in outs):
+            with_prefill.append((now - last) * 1e3)
+            last = now
+    with_prefill += decode_gaps(10)
+    for rid in list(engine.seqs):
+        engine.abort(rid)
+    return without, with_prefill
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="llama-3.2-1b")
+    ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--out", default="perf/results/latest")
+    args = ap.parse_args()
+    from tools.random_llama import build
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = args.model_dir or str(build(Path(tempfile.mkdtemp()) / "m", size=args.size, dtype="bfloat16",
+                                            device="cuda"))
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+    hit = prefix_ttfts(model_dir, True, vocab)
+    miss = prefix_ttfts(model_dir, False, vocab)
+    without, with_prefill = itl_with_and_without_long_prefill(model_dir, vocab)
+    metrics = {
+        "prefix_hit_ttft_ms": statistics.median(hit), "prefix_miss_ttft_ms": statistics.median(miss),
+        "itl_p50_ms_without": pct(without, 50), "itl_p99_ms_without": pct(without, 99),
+        "itl_p50_ms_with_long_prefill": pct(with_prefill, 50),
+        "itl_p99_ms_with_long_prefill": pct(with_prefill, 99),
+        "long_prefill_steps": len(with_prefill),
+    }
+    metrics["prefix_ttft_speedup"] = metrics["prefix_miss_ttft_ms"] / metrics["prefix_hit_ttft_ms"]
+    metrics["itl_p99_with_over_p50_without"] = metrics["itl_p99_ms_with_long_prefill"] / metrics["itl_p50_ms_without"]
+    try:
+        commit = os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        commit = "unknown"
+    report = {"device": torch.cuda.get_device_name(), "command": "python3 " + " ".join(sys.argv),
+              "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "model": args.size,
+              "notes": "engine in-process (no server); max_num_batched_tokens=512 for the chunked-prefill part",
+              "metrics": metrics}
+    (out / "scheduler.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
