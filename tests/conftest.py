@@ -75,9 +75,10 @@ def write_model_repository(dest: Path, model_dir: Path, instance_group: str | No
     return repo
 
 
-def start_server(tmp: Path, repo: Path, model_dir: Path, timeout: float = 180.0) -> Server:
+def start_server(tmp: Path, repo: Path, model_dir: Path, timeout: float = 180.0,
+                 extra_args: list[str] | None = None) -> Server:
     http, grpc, metrics = free_port(), free_port(), free_port()
-    cmd, env = server_command(repo, http, grpc, metrics)
+    cmd, env = server_command(repo, http, grpc, metrics, extra=extra_args)
     env.pop("MODEL_DIR", None)   # the test's config.pbtxt decides
     log_path = tmp / "tritonserver.log"
     log = open(log_path, "w")

@@ -13,7 +13,7 @@ from client import GenerateRequest, stream_grpc
 
 
 def scrape(server) -> dict[str, float]:
-    """Our model's metric samples, keyed by name + labels minus the model/version labels."""
+    """Our model's metric samples, keyed by name + labels minus model/version/instance (tests run one instance)."""
     with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as r:
         text = r.read().decode()
     samples = {}
@@ -23,7 +23,7 @@ def scrape(server) -> dict[str, float]:
         m = re.match(r'^([^{\s]+)\{([^}]*)\}\s+(\S+)$', line)
         if not m:
             continue
-        labels = ",".join(l for l in m.group(2).split(",") if not l.startswith(("model=", "version=")))
+        labels = ",".join(l for l in m.group(2).split(",") if not l.startswith(("model=", "version=", "instance=")))
         samples[m.group(1) + (f"{{{labels}}}" if labels else "")] = float(m.group(3))
     return samples
 

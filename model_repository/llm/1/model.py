@@ -190,8 +190,8 @@ class TritonPythonModel:
         self.engine = LLMEngine(self.config)
         self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
         self.loop = EngineLoop(self.engine).start()
-        self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]}, self.engine,
-                                  healthy=lambda: self.loop.healthy)
+        self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
+                                  args["model_instance_name"], self.engine, healthy=lambda: self.loop.healthy)
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")

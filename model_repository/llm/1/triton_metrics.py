@@ -20,7 +20,11 @@ FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
 
 
 class LLMMetrics:
-    def __init__(self, labels: dict[str, str], engine, healthy=lambda: True, refresh_s: float = 0.5):
+    def __init__(self, labels: dict[str, str], instance: str, engine, healthy=lambda: True,
+                 refresh_s: float = 0.5):
+        # Counters and histograms of all instances add up; gauges would overwrite each other, so
+        # they carry the instance name too.
+        gauge_labels = {**labels, "instance": instance}
         C, G, H = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.HISTOGRAM
         self.engine = engine
         self.is_healthy = healthy
@@ -42,15 +46,15 @@ class LLMMetrics:
             labels=labels, buckets=LATENCY_BUCKETS)
         success = _family("vllm:request_success_total", "Finished requests by finish reason", C)
         self.finished = {r: success.Metric(labels={**labels, "finished_reason": r}) for r in FINISH_REASONS}
-        self.running = _family("vllm:num_requests_running", "Requests in the running batch", G).Metric(labels=labels)
-        self.waiting = _family("vllm:num_requests_waiting", "Requests waiting to be scheduled", G).Metric(labels=labels)
-        self.kv_usage = _family("vllm:gpu_cache_usage_perc", "KV-cache usage (0-1; CPU cache too)", G).Metric(labels=labels)
-        self.kv_blocks_used = _family("llm_kv_cache_blocks_used", "KV-cache blocks in use", G).Metric(labels=labels)
+        self.running = _family("vllm:num_requests_running", "Requests in the running batch", G).Metric(labels=gauge_labels)
+        self.waiting = _family("vllm:num_requests_waiting", "Requests waiting to be scheduled", G).Metric(labels=gauge_labels)
+        self.kv_usage = _family("vllm:gpu_cache_usage_perc", "KV-cache usage (0-1; CPU cache too)", G).Metric(labels=gauge_labels)
+        self.kv_blocks_used = _family("llm_kv_cache_blocks_used", "KV-cache blocks in use", G).Metric(labels=gauge_labels)
         self.preemptions = _family("vllm:num_preemptions_total", "Preempted sequences", C).Metric(labels=labels)
-        self.prefix_hit_rate = _family("vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate (tokens)", G).Metric(labels=labels)
+        self.prefix_hit_rate = _family("vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate (tokens)", G).Metric(labels=gauge_labels)
         # 0 after a fatal engine error: Triton 2.51 cannot mark a Python model not-ready, so a
         # liveness check reads this instead (see README, Deployment).
-        self.healthy = _family("llm_engine_healthy", "1 while the engine loop runs, 0 after a fatal error", G).Metric(labels=labels)
+        self.healthy = _family("llm_engine_healthy", "1 while the engine loop runs, 0 after a fatal error", G).Metric(labels=gauge_labels)
         self.healthy.set(1)
         self._last_preemptions = 0
         self._stop = threading.Event()
