@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Callable
@@ -197,6 +198,10 @@ class EngineLoop:
                     continue
                 try:
                     cb(out)
+                    # Hand the GIL to the engine thread if it is waiting: a receiver that does
+                    # blocking IPC while holding the GIL (Triton's response sender) would
+                    # otherwise delay the next engine step by up to the switch interval per send.
+                    time.sleep(0)
                 except Exception:
                     log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
                     if not out.finished:

@@ -186,6 +186,9 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("this model streams: set model_transaction_policy "
                                                 "{ decoupled: true } in config.pbtxt")
+        # The engine thread and the response-delivery thread share the GIL; the default 5 ms
+        # switch interval would let a busy delivery thread delay engine steps by that much.
+        sys.setswitchinterval(0.0005)
         self.config = _engine_config(model_config, args)
         self.engine = LLMEngine(self.config)
         self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
