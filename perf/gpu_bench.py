@@ -352,17 +352,21 @@ class Bench:
         return "\n".join(lines + extra)
 
     def run(self) -> int:
+        skip = set(self.plan.get("skip", ()))
         if not self.phase("model", 30, self.build_model):
             return 1
-        self.phase("offline", 60, self.offline)
+        if "offline" not in skip:
+            self.phase("offline", 60, self.offline)
         if self.phase("server", 60, self.start_server):
             try:
                 for shape in self.plan["shapes"]:
                     self.phase(f"loadgen_in{shape[0]}_out{shape[1]}", 45, lambda s=shape: self.loadgen(s))
-                self.phase("perf_analyzer", 50, self.perf_analyzer)
+                if "perf_analyzer" not in skip:
+                    self.phase("perf_analyzer", 50, self.perf_analyzer)
             finally:
                 self.stop_server()
-        self.phase("hf", 45, self.hf)
+        if "hf" not in skip:
+            self.phase("hf", 45, self.hf)
         self.phase("report", 5, self.report)
         self.save()
         print("\n" + self.summary_table(), flush=True)
@@ -380,8 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=480.0, help="seconds for everything")
     ap.add_argument("--concurrency", default=None, help="override, e.g. 1,8,32,128,256")
     ap.add_argument("--point-seconds", type=float, default=None)
+    ap.add_argument("--shapes", default=None, help="override, e.g. 128x512,1024x128")
+    ap.add_argument("--skip", default="", help="phases to leave out: offline,perf_analyzer,hf")
     args = ap.parse_args(argv)
     plan = dict(SMOKE if args.smoke else FULL)
+    if args.shapes:
+        plan["shapes"] = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    plan["skip"] = [s for s in args.skip.split(",") if s]
     if args.concurrency:
         plan["concurrency"] = [int(c) for c in args.concurrency.split(",")]
     if args.point_seconds:
