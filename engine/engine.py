@@ -23,7 +23,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.model_runner import ModelRunner
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequest, SamplingParams
-from engine.scheduler import ScheduledBatch, Scheduler
+from engine.scheduler import Scheduler
 from engine.sequence import RequestOutput, Sequence, Status
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from perf.meta import git_commit  # noqa: E402
 
 
 def copy_bandwidth_tbps(nbytes: int = 2 << 30) -> float:
@@ -113,10 +113,7 @@ def main() -> None:
         eager = LLMEngine(EngineConfig(model_dir=model_dir, device="cuda", max_model_len=4096,
                                        enforce_eager=True, kv_cache_memory_fraction=0.85))
         metrics[f"engine_decode_bs1_{tag}_eager_tokps"] = decode_tokps(eager, 1, 128, 128)
-    try:
-        commit = os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-    except Exception:
-        commit = "unknown"
+    commit = git_commit()
     report = {"device": torch.cuda.get_device_name(), "command": " ".join(["python"] + sys.argv),
               "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "metrics": metrics}
     (out / f"engine_{tag}.json").write_text(json.dumps(report, indent=2))

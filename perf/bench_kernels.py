@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 from typing import Callable, Dict
 
@@ -34,6 +33,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from perf.meta import git_commit  # noqa: E402
 
 from kernels import reference as ref_ops  # noqa: E402
 
@@ -381,16 +382,6 @@ def _profile_decode(q, k_cache, v_cache, meta, args):
 # --------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------
-
-def git_commit() -> str:
-    try:
-        if os.environ.get("GIT_COMMIT"):
-            return os.environ["GIT_COMMIT"]
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - no git, no commits yet, ...
-        return "unknown"
-
 
 def print_table(metrics: Dict[str, float]) -> None:
     width = max(len(k) for k in metrics) if metrics else 10

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from perf.meta import git_commit  # noqa: E402
 
 
 def random_ids(n: int, vocab: int, seed: int) -> list[int]:
@@ -120,11 +120,7 @@ def main() -> None:
     }
     metrics["prefix_ttft_speedup"] = metrics["prefix_miss_ttft_ms"] / metrics["prefix_hit_ttft_ms"]
     metrics["itl_p99_with_over_p50_without"] = metrics["itl_p99_ms_with_long_prefill"] / metrics["itl_p50_ms_without"]
-    try:
-        commit = os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        commit = "unknown"
+    commit = git_commit()
     report = {"device": torch.cuda.get_device_name(), "command": "python3 " + " ".join(sys.argv),
               "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "model": args.size,
               "notes": "engine in-process (no server); max_num_batched_tokens=512 for the chunked-prefill part",

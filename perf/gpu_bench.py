@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from perf.meta import git_commit  # noqa: E402
+
 FULL = dict(size="llama-3.2-1b", dtype="bfloat16", device="cuda", kind="KIND_GPU",
             shapes=[(128, 512), (1024, 128)], concurrency=[1, 8, 32, 128, 256],
             pa_concurrency=[1, 32], pa_interval_ms=4000, hf_batches=[1, 32], hf_output_len=64,
@@ -48,16 +50,6 @@ LATENCY_KEYS = {"ttft_ms_p50": "ttft_p50_ms", "ttft_ms_p90": "ttft_p90_ms", "ttf
                 "tpot_ms_mean": "tpot_mean_ms", "e2e_ms_p50": "e2e_p50_ms", "e2e_ms_p99": "e2e_p99_ms"}
 RATE_KEYS = {"output_tokps": "output_tokps", "steady_output_tokps": "steady_output_tokps",
              "requests_per_s": "requests_per_s"}
-
-
-def git_commit() -> str:
-    if os.environ.get("GIT_COMMIT"):   # device runs: the copied tree has no git history
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
 def device_name(smoke: bool) -> str:

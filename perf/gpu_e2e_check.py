@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,19 +28,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from perf.meta import git_commit  # noqa: E402
+
 PROMPTS = ["Once upon a time", "The quick brown fox jumps over the lazy dog. " * 6, "你好，世界！😀 Emoji and CJK",
            "def fibonacci(n):\n    if n < 2:\n        return n\n    return", "a",
            "Il était une fois un petit modèle qui générait du texte, token par token, sans jamais s'arrêter"]
 MAX_TOKENS = 32
 TOP_K = 5
-
-
-def git_commit() -> str:
-    try:
-        return os.environ.get("GIT_COMMIT") or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
 def hf_greedy(hf, ids: list[int]):
@@ -104,7 +96,7 @@ def main() -> int:
     from transformers import LlamaForCausalLM
 
     from client import GenerateRequest, generate_grpc, stream_grpc
-    from engine import EngineConfig, LLMEngine, SamplingParams
+    from engine import EngineConfig, LLMEngine
     from tests.conftest import start_server, stop_server, write_model_repository
     from tools.random_llama import build
 

@@ -45,7 +45,6 @@ import math
 import multiprocessing as mp
 import os
 import random
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,8 @@ from typing import Any, Callable, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from perf.meta import git_commit  # noqa: E402  (re-exported for the other perf scripts)
 
 PERCENTILES = (50, 90, 99)
 
@@ -769,16 +770,6 @@ def error_summary(records: list[RequestRecord], extra: list[str] = (), first: in
         out["warmup_errors"] = len(extra)
         out["warmup_first"] = list(extra[:first])
     return out
-
-
-def git_commit() -> str:
-    if os.environ.get("GIT_COMMIT"):   # device runs: the copied tree has no git history
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
 def run_load(url: str = "127.0.0.1:8001", model: str = "llm", **options) -> dict:

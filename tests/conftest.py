@@ -6,7 +6,6 @@ checkpoint, pins a KIND_CPU instance (or KIND_GPU on a GPU machine) and starts t
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
