@@ -219,8 +219,14 @@ class Bench:
 
     def start_server(self) -> None:
         from perf.serving import start
+        params = dict(self.plan["server_params"])
+        instances = self.plan.get("instances", 1)
+        if instances > 1 and self.plan["kind"] == "KIND_GPU":
+            # Instances sharing a GPU split it: each engine sizes its KV cache from its share.
+            params.setdefault("kv_cache_memory_fraction", f"{0.9 / instances:.3f}")
         self.server = start(self.model_dir, self.plan["kind"], self.tmp / "server",
-                            timeout=min(300.0, self.left() - 60), **self.plan["server_params"])
+                            timeout=min(300.0, self.left() - 60), instances=instances, **params)
+        self.metrics["server_instances"] = instances
         self.log(f"server up: grpc {self.server.grpc_url}")
 
     def stop_server(self) -> None:
@@ -377,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default=None, help="override, e.g. 1,8,32,128,256")
     ap.add_argument("--point-seconds", type=float, default=None)
     ap.add_argument("--shapes", default=None, help="override, e.g. 128x512,1024x128")
+    ap.add_argument("--instances", type=int, default=1,
+                    help="model instances sharing the one device (each its own engine and memory share)")
     ap.add_argument("--skip", default="", help="phases to leave out: offline,perf_analyzer,hf")
     args = ap.parse_args(argv)
     plan = dict(SMOKE if args.smoke else FULL)
     if args.shapes:
         plan["shapes"] = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     plan["skip"] = [s for s in args.skip.split(",") if s]
+    plan["instances"] = args.instances
     if args.concurrency:
         plan["concurrency"] = [int(c) for c in args.concurrency.split(",")]
     if args.point_seconds:

@@ -33,19 +33,20 @@ def default_kind() -> str:
         return "KIND_CPU"
 
 
-def instance_group(kind: str) -> str:
+def instance_group(kind: str, count: int = 1) -> str:
+    """`count` instances on one device (GPU 0, or the CPU), each running its own engine."""
     gpus = " gpus: [0]" if kind == "KIND_GPU" else ""
-    return f"instance_group [{{ count: 1, kind: {kind}{gpus} }}]"
+    return f"instance_group [{{ count: {count}, kind: {kind}{gpus} }}]"
 
 
 def start(model_dir: str | Path, kind: str | None = None, tmp: str | Path | None = None,
-          timeout: float = 300.0, **params: str):
+          timeout: float = 300.0, instances: int = 1, **params: str):
     """Write a model repository for `model_dir` and start tritonserver; returns the conftest
     Server (grpc_url, http_url, metrics_url, model, process, log())."""
     from tests.conftest import start_server, write_model_repository
     tmp = Path(tmp or tempfile.mkdtemp(prefix="perf-server-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    repo = write_model_repository(tmp, Path(model_dir), instance_group=instance_group(kind or default_kind()),
+    repo = write_model_repository(tmp, Path(model_dir), instance_group=instance_group(kind or default_kind(), instances),
                                   **{k: str(v) for k, v in params.items()})
     return start_server(tmp, repo, Path(model_dir), timeout=timeout)
 
