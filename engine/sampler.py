@@ -94,7 +94,9 @@ class Sampler:
         temps = torch.tensor([s.params.temperature for s in seqs], device=logits.device)
         logits = logits / temps[:, None]
         vocab = logits.shape[1]
-        top_ks = [s.params.top_k if s.params.top_k > 0 else vocab for s in seqs]
+        # top_k >= vocab is no filter; clamping also keeps a huge value ({"top_k": 1e30}) from
+        # overflowing the int64 tensor below and failing the whole step.
+        top_ks = [min(s.params.top_k, vocab) if s.params.top_k > 0 else vocab for s in seqs]
         top_ps = [s.params.top_p for s in seqs]
         if any(k < vocab for k in top_ks) or any(p < 1.0 for p in top_ps):
             sorted_logits, order = logits.sort(dim=-1, descending=True)

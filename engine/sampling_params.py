@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_LOGPROBS = 20
+GREEDY_TEMPERATURE = 1e-5   # as vLLM: lower temperatures sample greedily
 
 
 class InvalidRequest(ValueError):
@@ -43,7 +44,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature overflows float32; the distribution is one-hot anyway.
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:
@@ -112,10 +114,14 @@ def _as_int(name, v):
     if isinstance(v, bool):
         raise InvalidRequest(name, f"must be an integer, got {v!r}")
     if isinstance(v, str):
+        text = v.strip()
         try:
-            v = float(v.strip())
+            v = int(text)           # exact, also above 2**53 (seeds)
         except ValueError:
-            raise InvalidRequest(name, f"must be an integer, got {v!r}") from None
+            try:
+                v = float(text)     # "128.0"
+            except (ValueError, OverflowError):
+                raise InvalidRequest(name, f"must be an integer, got {text!r}") from None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not isinstance(v, int):

@@ -67,7 +67,24 @@ def _engine_config(model_config: dict, args: dict) -> EngineConfig:
 
 
 def _error(message: str, code) -> pb_utils.InferenceResponse:
+    # TritonError only takes encodable text: a lone surrogate echoed from the client's JSON
+    # (an unknown key "\ud800") made its constructor raise out of execute() instead of failing
+    # the request with INVALID_ARG (tests/reliability/test_fuzz_server.py).
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def _fault_injection(spec: str) -> dict[str, str]:
+    """Test-only faults, OFF unless the server's environment sets LLM_FAULT_INJECTION, e.g.
+    "fail_request_with_prompt=<marker>;fail_response_with_prompt=<marker>;fail_engine_after_steps=<N>":
+    a request whose prompt contains the marker fails while being submitted / while its second
+    response is built; the engine's step raises (a fatal engine error) after N steps.
+    Used by tests/reliability/test_faults.py."""
+    faults = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
+    unknown = set(faults) - {"fail_request_with_prompt", "fail_response_with_prompt", "fail_engine_after_steps"}
+    if unknown:
+        raise pb_utils.TritonModelException(f"LLM_FAULT_INJECTION: unknown fault(s) {sorted(unknown)}")
+    return faults
 
 
 def _string_tensor(name: str, values: list[str]) -> pb_utils.Tensor:
@@ -77,13 +94,17 @@ def _string_tensor(name: str, values: list[str]) -> pb_utils.Tensor:
 class _Request:
     """One request's reply state; `on_output` runs on the engine loop's delivery thread."""
 
-    def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int, metrics: LLMMetrics):
+    def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int, metrics: LLMMetrics,
+                 inject_fault: bool = False):
         self.sender = sender
+        self.inject_fault = inject_fault   # LLM_FAULT_INJECTION fail_response_with_prompt (tests only)
+        self.num_responses = 0
         self.metrics = metrics
         self.t_start = time.monotonic()
         self.t_first: float | None = None
         self.t_last = self.t_start
         self.closed = False
+        self.counted = False   # in the finished-requests metrics
         self.prompt = prompt
         self.flags = flags
         self.num_input_tokens = input_tokens
@@ -108,6 +129,7 @@ class _Request:
                                         pb_utils.TritonError.INTERNAL),
                                  flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             finally:
+                self._finish("error", out)   # was never counted (tests/reliability/test_faults.py)
                 raise
 
     def _reply(self, out: RequestOutput) -> None:
@@ -153,6 +175,9 @@ class _Request:
 
     def _finish(self, reason: str, out: RequestOutput) -> None:
         self.closed = True
+        if self.counted:
+            return
+        self.counted = True
         now = time.monotonic()
         self.metrics.request_finished(reason, out.num_input_tokens or self.num_input_tokens,
                                       out.num_output_tokens,
@@ -160,6 +185,9 @@ class _Request:
                                       now - self.t_start)
 
     def _response(self, text: str, out: RequestOutput, num_tokens: int, logprobs) -> pb_utils.InferenceResponse:
+        self.num_responses += 1
+        if self.inject_fault and self.num_responses >= 2:
+            raise RuntimeError("injected fault (LLM_FAULT_INJECTION fail_response_with_prompt)")
         f = self.flags
         tensors = [_string_tensor("text_output", [text])]
         if f["return_finish_reason"]:
@@ -192,12 +220,25 @@ class TritonPythonModel:
         self.config = _engine_config(model_config, args)
         self.engine = LLMEngine(self.config)
         self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
+        self.faults = _fault_injection(os.environ.get("LLM_FAULT_INJECTION", ""))
+        if "fail_engine_after_steps" in self.faults:
+            self._inject_engine_fault(int(self.faults["fail_engine_after_steps"]))
         self.loop = EngineLoop(self.engine).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
                                   args["model_instance_name"], self.engine, healthy=lambda: self.loop.healthy)
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")
+
+    def _inject_engine_fault(self, steps: int) -> None:
+        real_step, done = self.engine.step, [0]
+
+        def step():
+            done[0] += 1
+            if done[0] > steps:
+                raise RuntimeError(f"injected engine fault after {steps} steps (LLM_FAULT_INJECTION)")
+            return real_step()
+        self.engine.step = step
 
     def execute(self, requests):
         for request in requests:
@@ -226,9 +267,15 @@ class TritonPythonModel:
         params = SamplingParams.from_json(sp_json)
         if flags["return_logprobs"] and params.logprobs is None:
             params.logprobs = 0  # the chosen token's logprob only
+        if self._fault("fail_request_with_prompt", prompt):
+            raise RuntimeError("injected fault (LLM_FAULT_INJECTION fail_request_with_prompt)")
         request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-        state = _Request(sender, prompt, flags, 0, self.metrics)
+        state = _Request(sender, prompt, flags, 0, self.metrics, self._fault("fail_response_with_prompt", prompt))
         state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
+
+    def _fault(self, name: str, prompt: str) -> bool:
+        marker = self.faults.get(name)
+        return bool(marker) and marker in prompt
 
     def _prompt(self, request) -> str:
         tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
