@@ -119,3 +119,19 @@ def server(tmp_path_factory, tiny_model_dir):
     yield srv
     stop_server(srv)
     assert srv.process.returncode is not None
+
+
+def greedy_streams(server: Server, prompts: list[str], max_tokens: int, timeout: float = 300.0):
+    """Stream every prompt at once (one thread each, greedy, fixed length) through gRPC;
+    returns (prompt, text, output tokens) per prompt, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from client import GenerateRequest, stream_grpc
+
+    def run(prompt):
+        req = GenerateRequest(prompt, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        chunks = list(stream_grpc(server.grpc_url, server.model, req, timeout=timeout))
+        return prompt, "".join(c.text for c in chunks), sum(c.num_output_tokens for c in chunks)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(run, prompts))

@@ -4,14 +4,11 @@ many concurrent streams gets exactly the text it gets alone."""
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import tests.conftest as conftest
-from client import GenerateRequest, stream_grpc
 from engine import EngineConfig, LLMEngine, SamplingParams
-from tests.conftest import start_server, stop_server, write_model_repository
+from tests.conftest import greedy_streams, start_server, stop_server, write_model_repository
 
 INSTANCES = 2
 NUM_KV_BLOCKS = 48          # per engine: 768 tokens, room for all 12 streams on either one
@@ -55,13 +52,7 @@ def test_concurrent_streams_match_solo_and_use_both_instances(two_instance_serve
     solo = {p: solo_engine.generate([p], params)[0].text for p in PROMPTS}   # one at a time
     executed_before = executions(srv.log())
 
-    def run(prompt):
-        req = GenerateRequest(prompt, max_tokens=OUTPUT_TOKENS, temperature=0.0, ignore_eos=True)
-        chunks = list(stream_grpc(srv.grpc_url, srv.model, req, timeout=300))
-        return prompt, "".join(c.text for c in chunks), sum(c.num_output_tokens for c in chunks)
-
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        results = list(pool.map(run, PROMPTS))
+    results = greedy_streams(srv, PROMPTS, OUTPUT_TOKENS)
     for prompt, text, n in results:
         assert n == OUTPUT_TOKENS, prompt
         assert text == solo[prompt], prompt

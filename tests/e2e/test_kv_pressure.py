@@ -9,7 +9,7 @@ import pytest
 
 from client import ClientError, GenerateRequest, stream_grpc
 from engine import EngineConfig, LLMEngine, SamplingParams
-from tests.conftest import start_server, stop_server, write_model_repository
+from tests.conftest import greedy_streams, start_server, stop_server, write_model_repository
 from tests.e2e.test_metrics_cancel import scrape, wait_for
 
 NUM_BLOCKS = 20          # 320 tokens of KV cache for 20 streams of ~60 tokens each
@@ -34,13 +34,7 @@ def test_preemption_under_16_plus_streams_keeps_every_text(small_cache_server, t
     params = SamplingParams(max_tokens=OUTPUT_TOKENS, temperature=0, ignore_eos=True)
     solo = {p: solo_engine.generate([p], params)[0].text for p in PROMPTS}
 
-    def run(prompt):
-        req = GenerateRequest(prompt, max_tokens=OUTPUT_TOKENS, temperature=0.0, ignore_eos=True)
-        chunks = list(stream_grpc(srv.grpc_url, srv.model, req, timeout=300))
-        return prompt, "".join(c.text for c in chunks), sum(c.num_output_tokens for c in chunks)
-
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        results = list(pool.map(run, PROMPTS))
+    results = greedy_streams(srv, PROMPTS, OUTPUT_TOKENS)
     for prompt, text, n in results:
         assert n == OUTPUT_TOKENS
         assert text == solo[prompt], prompt

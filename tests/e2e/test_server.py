@@ -7,7 +7,6 @@ import json
 import queue
 import threading
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import tritonclient.grpc as grpcclient
 
 from client import ClientError, GenerateRequest, generate_grpc, generate_http, stream_grpc, stream_http
 from engine import EngineConfig, LLMEngine, SamplingParams
+from tests.conftest import greedy_streams
 
 PROMPTS = [
     "Once upon a time",
@@ -86,12 +86,7 @@ def test_concurrent_streams_match_solo_runs(server):
     solo = {p: "".join(c.text for c in stream_grpc(server.grpc_url, server.model, greedy(p, 16)))
             for p in PROMPTS}
 
-    def run(prompt):
-        chunks = list(stream_grpc(server.grpc_url, server.model, greedy(prompt, 16)))
-        return prompt, "".join(c.text for c in chunks), sum(c.num_output_tokens for c in chunks)
-
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(run, PROMPTS * 2))
+    results = greedy_streams(server, PROMPTS * 2, 16)
     assert len(results) == 16
     for prompt, text, n in results:
         assert text == solo[prompt]
