@@ -61,6 +61,7 @@ class EngineLoop:
         self._outbox: deque[tuple[OutputCallback, RequestOutput]] = deque()
         self._outbox_ready = threading.Condition()
         self._stopping = False
+        self._drain_deadline: float | None = None   # set by drain(): server shutdown under way
         self._inbox_closed = False   # set (under the lock) when the engine thread takes no more
         self._engine_done = False
         self.fatal_error: str | None = None
@@ -86,6 +87,8 @@ class EngineLoop:
         QueueFull or EngineDead without queueing anything."""
         if not self.healthy:
             raise EngineDead(self.fatal_error or "the engine is shutting down")
+        if self._drain_deadline is not None:
+            raise EngineDead("the server is shutting down")
         ids = self.engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self.engine.check_request(ids, params)
         with self._lock:
@@ -105,6 +108,13 @@ class EngineLoop:
             self._aborts.append(request_id)
         self._wakeup.set()
 
+    def drain(self, grace_s: float) -> None:
+        """Server shutdown: refuse new requests, let those in flight run for `grace_s` seconds,
+        then abort what is left (each gets its final output, finish_reason 'abort')."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + grace_s
+            self._wakeup.set()
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Abort everything in flight (each request gets its final output) and stop the threads."""
         self._stopping = True
@@ -117,6 +127,8 @@ class EngineLoop:
         try:
             while not self._stopping:
                 self._take_inbox()
+                if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
+                    self._emit([o for o in map(self.engine.abort, list(self._callbacks)) if o is not None])
                 if not self.engine.has_unfinished():
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()

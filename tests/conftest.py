@@ -6,6 +6,7 @@ checkpoint, pins a KIND_CPU instance (or KIND_GPU on a GPU machine) and starts t
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -75,13 +76,21 @@ def write_model_repository(dest: Path, model_dir: Path, instance_group: str | No
 
 
 def start_server(tmp: Path, repo: Path, model_dir: Path, timeout: float = 180.0,
-                 extra_args: list[str] | None = None) -> Server:
+                 extra_args: list[str] | None = None, launcher: bool = False) -> Server:
+    """tritonserver on free ports; with `launcher`, through `python -m tools.serve` (as `make
+    serve` and the Docker image run it: signals go to the launcher, which drains the model)."""
     http, grpc, metrics = free_port(), free_port(), free_port()
-    cmd, env = server_command(repo, http, grpc, metrics, extra=extra_args)
+    if launcher:
+        cmd = [sys.executable, "-m", "tools.serve", f"--model-repository={repo}", f"--http-port={http}",
+               f"--grpc-port={grpc}", f"--metrics-port={metrics}", *(extra_args or [])]
+        env = dict(os.environ)
+    else:
+        cmd, env = server_command(repo, http, grpc, metrics, extra=extra_args)
     env.pop("MODEL_DIR", None)   # the test's config.pbtxt decides
     log_path = tmp / "tritonserver.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=REPO_ROOT)
     server = Server(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}", "llm",
                     model_dir, proc, log_path)
     deadline = time.monotonic() + timeout

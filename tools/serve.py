@@ -19,13 +19,17 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import sysconfig
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Restricting an API category to a header value no client sends makes it unreachable.
 ADMIN_APIS = "model-repository,shared-memory,trace,logging"
+EXIT_TIMEOUT_S = 30
 
 
 def pytriton_server_dir() -> Path | None:
@@ -51,7 +55,8 @@ def ensure_stub(server_dir: Path) -> None:
 
 
 def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
-                   expose_admin_apis: bool = False, extra: list[str] | None = None) -> tuple[list[str], dict]:
+                   expose_admin_apis: bool = False, extra: list[str] | None = None,
+                   exit_timeout_s: int = EXIT_TIMEOUT_S) -> tuple[list[str], dict]:
     env = dict(os.environ)
     # SERVER_PYTHON_BIN picks another environment for the model than the launcher's own.
     python_bin = os.environ.get("SERVER_PYTHON_BIN") or str(Path(sys.executable).parent)
@@ -67,7 +72,7 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
         raise SystemExit("tritonserver not found: run `make setup` (installs nvidia-pytriton==0.7.0)")
     cmd = [binary, f"--model-repository={model_repository}", *backend_args,
            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
-           "--model-control-mode=none", "--exit-timeout-secs=30"]
+           "--model-control-mode=none", f"--exit-timeout-secs={exit_timeout_s}"]
     if not expose_admin_apis:
         # A random header value per launch: no client can present it, so these APIs are closed.
         key = secrets.token_hex(16)
@@ -76,23 +81,53 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
     return cmd + list(extra or []), env
 
 
+def drain_grace_s(exit_timeout_s: float) -> float:
+    """How long running requests may go on after SIGTERM before the model aborts them: well inside
+    tritonserver's exit timeout, past which Triton 2.51 crashes with responses still pending."""
+    return max(0.5, min(exit_timeout_s - 5.0, 0.75 * exit_timeout_s))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Serve the model repository with tritonserver.")
     ap.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
     ap.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
     ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    ap.add_argument("--exit-timeout", type=int, default=EXIT_TIMEOUT_S,
+                    help="seconds tritonserver waits for in-flight requests on shutdown")
     ap.add_argument("--expose-admin-apis", action="store_true",
                     help="also serve the repository/shared-memory/trace/logging APIs")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, extra = ap.parse_known_args()
     cmd, env = server_command(Path(args.model_repository).resolve(), args.http_port, args.grpc_port,
-                              args.metrics_port, args.expose_admin_apis, extra)
+                              args.metrics_port, args.expose_admin_apis, extra, args.exit_timeout)
     model_dir = env.get("MODEL_DIR")
     print(("MODEL_DIR=" + shlex.quote(model_dir) + " " if model_dir else "")
           + f"PATH={shlex.quote(env['PATH'].split(os.pathsep)[0])}:$PATH " + shlex.join(cmd), flush=True)
-    if not args.dry_run:
-        os.execve(cmd[0], cmd, env)
+    if args.dry_run:
+        return
+    sys.exit(run_with_drain(cmd, env, drain_grace_s(args.exit_timeout)))
+
+
+def run_with_drain(cmd: list[str], env: dict, grace_s: float) -> int:
+    """Run tritonserver as our child and forward SIGTERM/SIGINT to it, but first tell the model to
+    drain: Triton gives a model no shutdown signal, and in 2.51 it crashes if streams are still
+    open when its exit timeout runs out. The model (model.py) watches LLM_DRAIN_FILE: once it
+    exists it refuses new requests, lets running ones finish for LLM_DRAIN_GRACE_S seconds, then
+    ends the rest with UNAVAILABLE, so tritonserver can exit cleanly in time."""
+    drain_file = Path(tempfile.mkdtemp(prefix="llm-drain-")) / "drain"
+    env = {**env, "LLM_DRAIN_FILE": str(drain_file), "LLM_DRAIN_GRACE_S": f"{grace_s:.1f}"}
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, _frame):
+        drain_file.touch()
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = proc.wait()
+    shutil.rmtree(drain_file.parent, ignore_errors=True)
+    return rc
 
 
 if __name__ == "__main__":

@@ -207,8 +207,7 @@ def test_gpu_resource_requested():
 
 
 def test_grace_period_exceeds_triton_exit_timeout():
-    serve = (REPO_ROOT / "tools" / "serve.py").read_text()
-    exit_timeout = int(re.search(r"--exit-timeout-secs=(\d+)", serve).group(1))
+    from tools.serve import EXIT_TIMEOUT_S as exit_timeout
     grace = one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > exit_timeout + 10, (grace, exit_timeout)
 

@@ -15,7 +15,12 @@ streams go on to their end, finalize() runs after that, and the server exits. He
   own deadline or until something SIGKILLs the server (Kubernetes does after
   terminationGracePeriodSeconds = 60), or it dies of SIGSEGV and the streams are cut (GOAWAY).
   Seen with the production 30 s timeout as well. test_streams_longer_than_the_exit_timeout is the
-  (strict) xfail record of that.
+  (strict) xfail record of that, for tritonserver started directly.
+- so the launcher (tools/serve.py, what `make serve`, the Docker image and the Kubernetes manifests
+  run) takes the signal itself: it tells the model to drain (a file the model watches) and then
+  forwards SIGTERM. The model refuses new requests, lets running ones go on for a grace period well
+  inside the exit timeout, then ends the rest with UNAVAILABLE, and tritonserver exits cleanly
+  (test_launcher_drains_streams_longer_than_the_exit_timeout).
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ from tests.conftest import start_server, write_model_repository
 SERVER = dict(num_kv_blocks="512", max_num_seqs="4", max_model_len="2048")
 
 
-def _start(tmp_path_factory, model_dir, extra_args=None):
+def _start(tmp_path_factory, model_dir, extra_args=None, launcher=False):
     tmp = tmp_path_factory.mktemp("shutdown")
-    return start_server(tmp, write_model_repository(tmp, model_dir, **SERVER), model_dir, extra_args=extra_args)
+    return start_server(tmp, write_model_repository(tmp, model_dir, **SERVER), model_dir, extra_args=extra_args,
+                        launcher=launcher)
 
 
 def _kill(srv) -> None:
@@ -136,5 +142,28 @@ def test_streams_longer_than_the_exit_timeout(tmp_path_factory, tiny_model_dir):
         assert exited and srv.process.returncode == 0, f"tritonserver: rc={srv.process.returncode}"
         assert len(ended_in_time) == 4, "a stream was still open after the exit timeout"
         assert all(r[0] == "complete" or "being unloaded" in (r[3] or "") for r in results.values()), results
+    finally:
+        _kill(srv)
+
+
+def test_launcher_drains_streams_longer_than_the_exit_timeout(tmp_path_factory, tiny_model_dir):
+    exit_timeout = 4   # the launcher's drain grace is then 0.5 s (tools/serve.py drain_grace_s)
+    srv = _start(tmp_path_factory, tiny_model_dir, extra_args=[f"--exit-timeout={exit_timeout}"], launcher=True)
+    try:
+        threads, results, started = _streams(srv, 4, 1800, timeout=exit_timeout + 30)
+        for ev in started:
+            assert ev.wait(30)
+        t_sig = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)   # to the launcher, as Kubernetes / docker stop do
+        for t in threads:
+            t.join(exit_timeout + 30)
+        srv.process.wait(exit_timeout + 10)
+        assert srv.process.returncode == 0, srv.log()[-3000:]
+        assert len(results) == 4
+        for i, (state, tokens, t_end, detail) in results.items():
+            assert t_end - t_sig < exit_timeout, (i, t_end - t_sig)
+            assert state == "error" and "being unloaded" in (detail or ""), (i, state, tokens, detail)
+            assert 0 < tokens < 1800
+        assert "server shutting down; finishing in-flight requests" in srv.log()
     finally:
         _kill(srv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -139,7 +140,7 @@ class _Request:
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
-            self.sender.send(_error("request aborted: the model is being unloaded",
+            self.sender.send(_error("request aborted: the model is being unloaded (server shutting down)",
                                     pb_utils.TritonError.UNAVAILABLE),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
@@ -224,11 +225,24 @@ class TritonPythonModel:
         if "fail_engine_after_steps" in self.faults:
             self._inject_engine_fault(int(self.faults["fail_engine_after_steps"]))
         self.loop = EngineLoop(self.engine).start()
+        drain_file = os.environ.get("LLM_DRAIN_FILE")
+        if drain_file:  # set by tools/serve.py, which creates the file on SIGTERM
+            grace = float(os.environ.get("LLM_DRAIN_GRACE_S", "20"))
+            threading.Thread(target=self._drain_when_told, args=(Path(drain_file), grace),
+                             name="llm-drain-watch", daemon=True).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
                                   args["model_instance_name"], self.engine, healthy=lambda: self.loop.healthy)
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")
+
+    def _drain_when_told(self, drain_file: Path, grace_s: float) -> None:
+        """Triton tells a model nothing until its exit timeout has passed (and 2.51 then crashes if
+        streams are still open), so the launcher's SIGTERM handler signals us through a file."""
+        while not drain_file.exists():
+            time.sleep(0.1)
+        pb_utils.Logger.log_info(f"llm: server shutting down; finishing in-flight requests for up to {grace_s}s")
+        self.loop.drain(grace_s)
 
     def _inject_engine_fault(self, steps: int) -> None:
         real_step, done = self.engine.step, [0]
