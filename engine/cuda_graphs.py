@@ -66,7 +66,8 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, x: StepInputs) -> torch.Tensor:
-        """Replay for a decode step prepared by the eager path (tensors already on the device)."""
+        """Replay for a decode step prepared by ModelRunner.prepare (index tensors on the device,
+        any integer dtype: copy_ casts them into the static buffers)."""
         n = x.input_ids.shape[0]
         b = next(b for b in self.buckets if b >= n)
         s = self.inputs

@@ -128,7 +128,7 @@ class EngineLoop:
             while not self._stopping:
                 self._take_inbox()
                 if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
-                    self._emit([o for o in map(self.engine.abort, list(self._callbacks)) if o is not None])
+                    self._abort_all(list(self._callbacks))
                 if not self.engine.has_unfinished():
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()
@@ -137,7 +137,7 @@ class EngineLoop:
             with self._lock:
                 self._inbox_closed = True
             self._take_inbox()
-            self._emit([o for o in map(self.engine.abort, list(self._callbacks)) if o is not None])
+            self._abort_all(list(self._callbacks))
         except Exception as e:  # a failed step leaves the batch in an unknown state: stop
             self.fatal_error = f"engine step failed: {type(e).__name__}: {e}"
             log.error("%s\n%s", self.fatal_error, traceback.format_exc())
@@ -160,7 +160,11 @@ class EngineLoop:
                 continue
             self._callbacks[rid] = cb
         self._post(failed)
-        self._emit([o for o in map(self.engine.abort, aborts) if o is not None])
+        self._abort_all(aborts)
+
+    def _abort_all(self, request_ids) -> None:
+        """Abort these requests in the engine (blocks freed) and deliver their final outputs."""
+        self._emit([o for o in map(self.engine.abort, request_ids) if o is not None])
 
     def _emit(self, outputs: list[RequestOutput]) -> None:
         items = []

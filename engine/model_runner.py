@@ -115,10 +115,11 @@ class ModelRunner:
             views.append(flat[offset:offset + len(part)])
             offset += len(part)
         ids_t, pos_t, slot_t, ctx_t, cu_t, idx_t, tables_t = views
+        # Still int64 here: a graph replay copies them into its own int32 buffers (casting on the
+        # way), so only the eager path pays for the conversion (see run()).
         return StepInputs(
             input_ids=ids_t, positions=pos_t, slot_mapping=slot_t,
-            block_tables=tables_t.view(len(batch.seqs), width).to(torch.int32),
-            context_lens=ctx_t.to(torch.int32), cu_seqlens_q=cu_t.to(torch.int32),
+            block_tables=tables_t.view(len(batch.seqs), width), context_lens=ctx_t, cu_seqlens_q=cu_t,
             max_seqlen_q=max(batch.num_new_tokens), logits_indices=idx_t)
 
     @torch.inference_mode()
@@ -129,4 +130,7 @@ class ModelRunner:
         if (self.graphs is not None and x.logits_indices.shape[0] == n
                 and self.graphs.fits(n, x.max_seqlen_q, x.block_tables.shape[1])):
             return self.graphs.run(x)
+        x.block_tables = x.block_tables.to(torch.int32)
+        x.context_lens = x.context_lens.to(torch.int32)
+        x.cu_seqlens_q = x.cu_seqlens_q.to(torch.int32)
         return self.model.forward(x, self.kv_cache)
