@@ -1,84 +1,82 @@
-"""CUDA graphs for decode steps: one launch per step instead of hundreds of kernel launches.
+"""CUDA graphs for engine steps: one launch per step instead of hundreds of kernel launches.
 
-A decode step (every sequence contributes one token) has a shape fixed by its batch size alone, so
-we capture the whole forward once per batch-size bucket into static buffers and, each step, copy
-the step's inputs into those buffers and replay the smallest bucket that fits. Padding rows get
-query length 0 (their attention output is never read) and slot -1 (their K/V is not written), so
-real rows compute exactly what the eager path computes. Mixed prefill steps, and batches larger
-than the largest bucket, run eagerly.
+Eager, a step costs ~10-20 ms of host time on an H100 machine (Python and launch overhead of ~150
+kernels) whatever its GPU work, which made every step with a prefill in it slow and stalled the
+streams decoding beside it. So every padded step shape (engine/step_shapes.py: decode batch-size
+buckets and token-count buckets for prefill/mixed steps) is captured once at start-up; a step copies
+its inputs into the graphs' static buffers and replays the graph of its shape.
+
+The graphs read their inputs from the runner's int64 input buffer, in the layout of step_shapes
+(the runner copies a step's packed inputs straight into it), and from a static int32 block-table
+buffer of the full width, so a replay costs one host-to-device copy, one table copy and the launch.
 """
 from __future__ import annotations
 
 import torch
 
 from engine.model import LlamaModel, StepInputs
+from engine.step_shapes import StepShape
 
 
-def default_buckets(max_batch: int) -> list[int]:
-    small = [b for b in (1, 2, 4, 8) if b < max_batch]
-    return sorted(set(small + list(range(16, max_batch + 1, 16)) + [max_batch]))
-
-
-class DecodeGraphs:
-    def __init__(self, model: LlamaModel, kv_cache, max_batch: int, max_blocks_per_seq: int,
-                 device: torch.device):
+class StepGraphs:
+    def __init__(self, model: LlamaModel, kv_cache, shapes: list[StepShape], inputs: torch.Tensor,
+                 max_blocks_per_seq: int, block_size: int, device: torch.device):
+        """inputs: the runner's device buffer that each step's packed inputs are copied into
+        (int64, at least the largest shape's head_len long); the graphs read from it."""
         self.model = model
         self.kv_cache = kv_cache
-        self.buckets = default_buckets(max_batch)
-        self.max_batch = self.buckets[-1]
-        n, w = self.max_batch, max_blocks_per_seq
-        self.inputs = StepInputs(
-            input_ids=torch.zeros(n, dtype=torch.long, device=device),
-            positions=torch.zeros(n, dtype=torch.long, device=device),
-            slot_mapping=torch.full((n,), -1, dtype=torch.long, device=device),
-            block_tables=torch.zeros((n, w), dtype=torch.int32, device=device),
-            context_lens=torch.zeros(n, dtype=torch.int32, device=device),
-            cu_seqlens_q=torch.zeros(n + 1, dtype=torch.int32, device=device),
-            max_seqlen_q=1,
-            logits_indices=torch.arange(n, device=device))
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
+        self.shapes = shapes
+        self.max_context_len = max_blocks_per_seq * block_size
+        assert inputs.dtype == torch.long and inputs.numel() >= max(s.head_len for s in shapes)
+        self.flat = inputs
+        self.block_tables = torch.zeros((max(s.num_seqs for s in shapes), max_blocks_per_seq),
+                                        dtype=torch.int32, device=device)
+        self.graphs: dict[StepShape, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[StepShape, torch.Tensor] = {}
 
-    def _view(self, b: int) -> StepInputs:
-        x = self.inputs
-        return StepInputs(x.input_ids[:b], x.positions[:b], x.slot_mapping[:b], x.block_tables[:b],
-                          x.context_lens[:b], x.cu_seqlens_q[:b + 1], 1, x.logits_indices[:b])
+    def _inputs(self, shape: StepShape) -> StepInputs:
+        """The captured forward's inputs: views of the static buffers; the int32 casts of the
+        per-sequence arrays happen inside the graph."""
+        v = {name: self.flat[sl] for name, sl in shape.head_slices().items()}
+        return StepInputs(
+            input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
+            block_tables=self.block_tables[:shape.num_seqs],
+            context_lens=v["context_lens"].to(torch.int32), cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32),
+            max_seqlen_q=shape.max_seqlen_q, logits_indices=v["logits_indices"],
+            max_context_len=self.max_context_len)
+
+    def _fill_inert(self, shape: StepShape) -> None:
+        """Valid inputs for warm-up and capture: every token padding, every sequence empty."""
+        sl = shape.head_slices()
+        self.flat.zero_()
+        self.flat[sl["slot_mapping"]] = -1
 
     @torch.inference_mode()
     def capture(self) -> None:
-        # Largest first, so smaller graphs reuse its memory pool.
-        for b in reversed(self.buckets):
-            view = self._view(b)
-            self.model.forward(view, self.kv_cache)   # warm up (Triton compiles/autotunes here)
+        pool = None
+        # Largest first, so smaller graphs fit in the memory the largest one's pool already holds.
+        for shape in sorted(self.shapes, key=lambda s: (s.num_tokens, s.num_seqs), reverse=True):
+            self._fill_inert(shape)
+            self.model.forward(self._inputs(shape), self.kv_cache)   # warm up: Triton compiles here
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[b] = self.model.forward(view, self.kv_cache)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[b] = graph
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs[shape] = self.model.forward(self._inputs(shape), self.kv_cache)
+            pool = graph.pool() if pool is None else pool
+            self.graphs[shape] = graph
         torch.cuda.synchronize()
 
-    def fits(self, num_seqs: int, max_seqlen_q: int, num_blocks: int) -> bool:
-        return (max_seqlen_q == 1 and num_seqs <= self.max_batch
-                and num_blocks <= self.inputs.block_tables.shape[1])
+    def __contains__(self, shape: StepShape | None) -> bool:
+        return shape in self.graphs
 
     @torch.inference_mode()
-    def run(self, x: StepInputs) -> torch.Tensor:
-        """Replay for a decode step prepared by ModelRunner.prepare (index tensors on the device,
-        any integer dtype: copy_ casts them into the static buffers)."""
-        n = x.input_ids.shape[0]
-        b = next(b for b in self.buckets if b >= n)
-        s = self.inputs
-        s.input_ids[:n].copy_(x.input_ids)
-        s.positions[:n].copy_(x.positions)
-        s.slot_mapping[:n].copy_(x.slot_mapping)
-        s.slot_mapping[n:b].fill_(-1)
-        s.block_tables[:n, :x.block_tables.shape[1]].copy_(x.block_tables)
-        s.context_lens[:n].copy_(x.context_lens)
-        s.context_lens[n:b].fill_(0)
-        s.cu_seqlens_q[:n + 1].copy_(x.cu_seqlens_q)
-        s.cu_seqlens_q[n + 1:b + 1].fill_(n)       # padding rows: zero query tokens
-        self.graphs[b].replay()
-        return self.outputs[b][:n]
+    def replay(self, shape: StepShape, width: int) -> torch.Tensor:
+        """Run one step whose packed inputs (step_shapes layout, block tables `width` wide) are
+        in the inputs buffer. Returns the graph's logits buffer [S, vocab], valid until the next
+        replay."""
+        head = shape.head_len
+        if width:
+            self.block_tables[:shape.num_seqs, :width].copy_(
+                self.flat[head:head + shape.num_seqs * width].view(shape.num_seqs, width))
+        self.graphs[shape].replay()
+        return self.outputs[shape]

@@ -28,6 +28,9 @@ class StepInputs:
     cu_seqlens_q: torch.Tensor   # [B+1] int32: where each sequence's tokens start in the flat batch
     max_seqlen_q: int
     logits_indices: torch.Tensor  # [S] int64: rows whose next-token logits are needed
+    # Host-side bound on context_lens for the attention kernel's launch choices (None: the block
+    # table's width). CUDA graph and eager runs of a step pass the same, so they run the same kernels.
+    max_context_len: int | None = None
 
 
 class LlamaModel:
@@ -70,5 +73,6 @@ class LlamaModel:
         k_cache, v_cache = cache
         q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
         o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
-                                     x.cu_seqlens_q, x.max_seqlen_q, self.scale)
+                                     x.cu_seqlens_q, x.max_seqlen_q, self.scale,
+                                     max_context_len=x.max_context_len)
         return F.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

@@ -7,9 +7,10 @@ import torch
 
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import fused_weights, load_state_dict
-from engine.cuda_graphs import DecodeGraphs
+from engine.cuda_graphs import StepGraphs
 from engine.model import LlamaModel, StepInputs
 from engine.scheduler import ScheduledBatch
+from engine.step_shapes import ShapeBuckets, StepShape
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,21 @@ class ModelRunner:
         self.kv_cache = [(torch.empty(shape, dtype=self.dtype, device=self.device),
                           torch.empty(shape, dtype=self.dtype, device=self.device))
                          for _ in range(model_cfg.num_layers)]
-        self.graphs = None
-        if self.device.type == "cuda" and not config.enforce_eager:
-            self.graphs = DecodeGraphs(self.model, self.kv_cache, min(config.max_num_seqs, 256),
-                                       -(-max_model_len // self.block_size), self.device)
-            self.graphs.capture()
+        # On the GPU every step is padded to a bucket shape (step_shapes), captured as a CUDA
+        # graph unless enforce_eager; the CPU runs steps as they come.
+        self.buckets = self.graphs = None
+        max_blocks = -(-max_model_len // self.block_size)
+        self.max_context_len = max_blocks * self.block_size
+        if self.device.type == "cuda":
+            self.buckets = ShapeBuckets(config.max_num_seqs, config.max_num_batched_tokens)
+            shapes = self.buckets.all_shapes()
+            # Where each step's packed inputs land (step_shapes layout); the graphs read from it.
+            self.inputs = torch.zeros(max(s.head_len + s.num_seqs * max_blocks for s in shapes),
+                                      dtype=torch.long, device=self.device)
+            if not config.enforce_eager:
+                self.graphs = StepGraphs(self.model, self.kv_cache, shapes, self.inputs, max_blocks,
+                                         self.block_size, self.device)
+                self.graphs.capture()
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
                  self.num_blocks * self.bytes_per_block / 2**30)
 
@@ -61,7 +72,7 @@ class ModelRunner:
         # from racing each other.
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        n = self.config.max_num_batched_tokens
+        n = max(self.config.max_num_batched_tokens, self.config.max_num_seqs)   # the largest step
         blocks = -(-n // self.block_size)
         c = self.model_cfg
         scratch = [(torch.zeros(blocks, self.block_size, c.num_kv_heads, c.head_dim, dtype=self.dtype,
@@ -85,9 +96,10 @@ class ModelRunner:
         budget = min(total * self.config.kv_cache_memory_fraction - peak, free - 512 * 2**20)
         return int(budget // self.bytes_per_block)
 
-    def prepare(self, batch: ScheduledBatch) -> StepInputs:
-        """Flatten the batch into the model's inputs with one host-to-device copy: every index
-        array is packed into a single (pinned, on GPU) int64 buffer, then sliced on the device."""
+    def prepare(self, batch: ScheduledBatch, shape: StepShape | None) -> tuple[torch.Tensor, int, int]:
+        """Pack the batch, padded to `shape` (None: unpadded), in the step_shapes layout and copy it
+        to the device in one transfer. Returns (packed inputs on the device, block-table width,
+        number of sampling rows)."""
         bs = self.block_size
         input_ids, positions, slots, cu, ctx, logits_idx = [], [], [], [0], [], []
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
@@ -100,37 +112,53 @@ class ModelRunner:
             ctx.append(end)
             if batch.samples(i):
                 logits_idx.append(cu[-1] - 1)
+        num_sampling = len(logits_idx)
+        if shape is not None:   # inert padding (see step_shapes)
+            pad_t, pad_s = shape.num_tokens - cu[-1], shape.num_seqs - len(batch.seqs)
+            input_ids += [0] * pad_t
+            positions += [0] * pad_t
+            slots += [-1] * pad_t
+            ctx += [0] * pad_s
+            cu += [cu[-1]] * pad_s
+        logits_idx += [0] * (len(ctx) - num_sampling)   # one row per sequence; extras read row 0
         width = max(len(s.block_table) for s in batch.seqs)
         tables = [b for s in batch.seqs for b in s.block_table + [0] * (width - len(s.block_table))]
-        parts = (input_ids, positions, slots, ctx, cu, logits_idx, tables)
-        flat = torch.tensor([x for part in parts for x in part], dtype=torch.long)
-        if self.device.type == "cuda":
-            if self._staging is None or self._staging.numel() < flat.numel():
-                self._staging = torch.empty(max(flat.numel(), 1 << 16), dtype=torch.long, pin_memory=True)
-            staged = self._staging[:flat.numel()]
-            staged.copy_(flat)
-            flat = staged.to(self.device, non_blocking=True)
-        views, offset = [], 0
-        for part in parts:
-            views.append(flat[offset:offset + len(part)])
-            offset += len(part)
-        ids_t, pos_t, slot_t, ctx_t, cu_t, idx_t, tables_t = views
-        # Still int64 here: a graph replay copies them into its own int32 buffers (casting on the
-        # way), so only the eager path pays for the conversion (see run()).
+        tables += [0] * (width * (len(ctx) - len(batch.seqs)))
+        flat = torch.tensor(input_ids + positions + slots + ctx + cu + logits_idx + tables, dtype=torch.long)
+        if self.device.type != "cuda":
+            return flat, width, num_sampling
+        n = flat.numel()
+        if self._staging is None or self._staging.numel() < n:
+            self._staging = torch.empty(max(n, 1 << 16), dtype=torch.long, pin_memory=True)
+        self._staging[:n].copy_(flat)
+        dest = self.inputs[:n] if n <= self.inputs.numel() else torch.empty(n, dtype=torch.long,
+                                                                             device=self.device)
+        dest.copy_(self._staging[:n], non_blocking=True)
+        return dest, width, num_sampling
+
+    def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
+        """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
+        bound too, so eager and replayed runs of one shape launch the same kernels."""
+        v = {name: packed[sl] for name, sl in shape.head_slices().items()}
+        head = shape.head_len
         return StepInputs(
-            input_ids=ids_t, positions=pos_t, slot_mapping=slot_t,
-            block_tables=tables_t.view(len(batch.seqs), width), context_lens=ctx_t, cu_seqlens_q=cu_t,
-            max_seqlen_q=max(batch.num_new_tokens), logits_indices=idx_t)
+            input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
+            block_tables=packed[head:head + shape.num_seqs * width].view(shape.num_seqs, width).to(torch.int32),
+            context_lens=v["context_lens"].to(torch.int32), cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32),
+            max_seqlen_q=shape.max_seqlen_q, logits_indices=v["logits_indices"],
+            max_context_len=self.max_context_len if padded else None)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """fp32 logits for every sequence of the batch that samples this step, in batch order."""
-        x = self.prepare(batch)
-        n = x.input_ids.shape[0]
-        if (self.graphs is not None and x.logits_indices.shape[0] == n
-                and self.graphs.fits(n, x.max_seqlen_q, x.block_tables.shape[1])):
-            return self.graphs.run(x)
-        x.block_tables = x.block_tables.to(torch.int32)
-        x.context_lens = x.context_lens.to(torch.int32)
-        x.cu_seqlens_q = x.cu_seqlens_q.to(torch.int32)
-        return self.model.forward(x, self.kv_cache)
+        num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
+        shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q) if self.buckets else None
+        packed, width, num_sampling = self.prepare(batch, shape)
+        if self.graphs is not None and shape in self.graphs:
+            logits = self.graphs.replay(shape, width)
+        else:
+            padded = shape is not None
+            if not padded:   # the step's own sizes
+                shape = StepShape(num_tokens, len(batch.seqs), decode=max_q == 1)
+            logits = self.model.forward(self._eager_inputs(packed, shape, width, padded), self.kv_cache)
+        return logits[:num_sampling]

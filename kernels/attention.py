@@ -2,7 +2,11 @@
 
 One kernel family serves every step shape.  A program owns
     (one query tile of one sequence) x (one KV head) [x (one KV split)]
-and streams the sequence's KV blocks through an online softmax.
+and streams the sequence's KV blocks through an online softmax.  Steps with
+at most one query tile per sequence (decode) use a (1, heads, sequences)
+grid; longer queries use a flat grid over all sequences' tiles whose size
+depends only on the token and sequence counts, so a mixed prefill/decode
+step can be captured in a CUDA graph per token-count bucket.
 
 Query tile layout ("rows"): the BLOCK_Q query tokens of the tile times the
 GROUP query heads that share one KV head, padded to GROUP_PAD (a power of
@@ -164,7 +168,7 @@ def _attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr,
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     cu_seqlens_q_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
-    qk_scale, num_splits, num_tokens,
+    qk_scale, num_splits, num_tokens, num_seqs,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -172,16 +176,36 @@ def _paged_attention_kernel(
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
-    # Grid: (query tiles, kv heads * splits, sequences).  Query tiles are
-    # visited last-first: with causal masking the last tiles do the most work,
-    # and starting them first evens out the tail of the launch.
-    q_tile = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1) // num_splits
     split = tl.program_id(1) % num_splits
-    seq = tl.program_id(2)
+    # Programs are visited last-first: with causal masking a sequence's last
+    # query tiles do the most work, and starting them first evens out the
+    # tail of the launch.
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    if FLAT:
+        # Grid: (query tiles of all sequences, kv heads * splits).  Sequence
+        # s owns the tiles [cu[s] // BLOCK_Q + s, cu[s+1] // BLOCK_Q + s + 1),
+        # which covers its cdiv(qlen, BLOCK_Q) tiles (spares exit below); the
+        # grid size T // BLOCK_Q + B depends on host ints only, so a CUDA
+        # graph can be captured once per token-count bucket.  Find s by
+        # binary search over that monotone sequence.
+        lo = 0
+        hi = num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid <= pid:
+                lo = mid + 1
+            else:
+                hi = mid
+        seq = lo - 1
+        q_tile = pid - (tl.load(cu_seqlens_q_ptr + seq) // BLOCK_Q + seq)
+    else:
+        # Grid: (query tiles of the longest query, kv heads * splits, sequences).
+        q_tile = pid
+        seq = tl.program_id(2)
 
     # All three scalars are loaded before any branch so their DRAM round
     # trips overlap (decode programs are latency bound on this chain).
@@ -299,14 +323,17 @@ def _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None):
+                    num_splits=None, config=None, max_context_len=None):
     """Triton version of reference.paged_attention (same signature).
 
-    Extra keyword-only knobs: num_splits (None = choose_num_splits with
-    block_tables.shape[1] * block_size as the context bound; 1 = no split)
-    and config (AttnConfig, None = default_config).  max_seqlen_q must be
-    >= every sequence's query length.  Output rows past cu_seqlens_q[-1] are
-    left unwritten.
+    Extra keyword-only knobs: num_splits (None = choose_num_splits; 1 = no
+    split), config (AttnConfig, None = default_config) and max_context_len
+    (the host-side bound on context_lens those choices use; None =
+    block_tables.shape[1] * block_size).  Callers that must get the same
+    kernels for differently shaped inputs (CUDA graph vs eager) pass the same
+    bounds.  max_seqlen_q must be >= every sequence's query length; it may be
+    larger (a padded step).  Output rows past cu_seqlens_q[-1] are left
+    unwritten.
     """
     _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     if q.stride(2) != 1:
@@ -320,7 +347,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     if num_tokens == 0 or num_seqs == 0 or max_seqlen_q <= 0:
         return out
 
-    max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
+    if max_context_len is None:
+        max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len,
                                        max_seqlen_q, device=q.device)
@@ -330,8 +358,12 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                                 max_context_len)
     block_m = max(config.block_m, group_pad)
     block_q = block_m // group_pad
-    num_q_tiles = triton.cdiv(max_seqlen_q, block_q)
     split = num_splits > 1
+    # One query tile per sequence (decode): a (1, heads, seqs) grid needs no
+    # search.  Otherwise the flat grid: its size does not depend on how the
+    # tokens are spread over sequences, only on their totals.
+    flat = max_seqlen_q > block_q
+    num_q_tiles = num_tokens // block_q + num_seqs if flat else 1
 
     if split:
         part_m = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
@@ -342,11 +374,11 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         part_m = part_l = part_acc = out
 
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (num_q_tiles, num_kv_heads * num_splits, num_seqs)
+    grid = (num_q_tiles, num_kv_heads * num_splits, 1 if flat else num_seqs)
     _paged_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
         out, part_m, part_l, part_acc,
-        float(softmax_scale) * _LOG2E, num_splits, num_tokens,
+        float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -354,7 +386,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         NUM_Q_HEADS=num_q_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_Q=block_q, BLOCK_N=config.block_n,
-        SPLIT=split, DOT_PRECISION=dot_precision,
+        SPLIT=split, DOT_PRECISION=dot_precision, FLAT=flat,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:

@@ -52,7 +52,7 @@ def gather_kv(k_cache, v_cache, block_table_row, context_len):
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None):
+                    num_splits=None, config=None, max_context_len=None):
     """Causal attention of packed query tokens over a paged KV cache.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
@@ -60,7 +60,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     in the cache including this step's); cu_seqlens_q: int [B+1].
     Query token i of sequence b sits at absolute position
     context_lens[b] - qlen_b + i and sees cache positions 0..that position.
-    `num_splits` / `config` tune the Triton kernel and are ignored here.
+    `num_splits` / `config` / `max_context_len` tune the Triton kernel and are
+    ignored here.
     Rows of the output past cu_seqlens_q[-1] are zero.
     """
     del max_seqlen_q, num_splits, config  # shape hints for the kernel only

@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--eager-too", action="store_true", help="also time batch 1 without CUDA graphs")
     args = ap.parse_args()
     from engine import EngineConfig, LLMEngine
+    from engine.step_shapes import StepShape
     from tools.random_llama import build
 
     tag = args.tag or args.size
@@ -92,7 +93,7 @@ def main() -> None:
         # time is host work (scheduling, input copies, sampling, detokenizing).
         import triton.testing
         metrics[f"engine_decode_bs1_{tag}_graph_ms"] = triton.testing.do_bench(
-            graphs.graphs[1].replay, warmup=20, rep=200, return_mode="median")
+            graphs.graphs[StepShape(1, 1, True)].replay, warmup=20, rep=200, return_mode="median")
         metrics[f"engine_decode_bs1_{tag}_step_ms"] = 1e3 / metrics[f"engine_decode_bs1_{tag}_tokps"]
     metrics[f"engine_decode_bs1_{tag}_ratio"] = (metrics[f"engine_decode_bs1_{tag}_tokps"]
                                                  / metrics[f"engine_decode_bs1_{tag}_roofline_tokps"])

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.cuda_graphs import default_buckets
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -30,10 +29,3 @@ def test_graphs_on_and_off_give_identical_greedy_tokens(tiny_model_dir, dtype):
         del engine
         torch.cuda.empty_cache()
     assert results[False] == results[True]
-
-
-def test_buckets_cover_every_batch_size():
-    for max_batch in (1, 3, 8, 17, 256):
-        buckets = default_buckets(max_batch)
-        assert buckets == sorted(set(buckets)) and buckets[-1] == max_batch
-        assert all(any(b >= n for b in buckets) for n in range(1, max_batch + 1))

@@ -128,6 +128,46 @@ def test_paged_attention_random_table_tail_and_noncontiguous_q():
                     _run_triton(inputs, num_splits=splits), expected, ATTN_TOL[torch.float32])
 
 
+def _pad_like_a_cuda_graph(inputs, extra_tokens, extra_seqs, max_seqlen_q):
+    """The shape a captured step has: trailing padding tokens that belong to
+    no sequence, padding sequences with no query tokens, and max_seqlen_q an
+    upper bound rather than the true maximum."""
+    padded = dict(inputs)
+    q = inputs["q"]
+    padded["q"] = torch.cat([q, torch.randn(extra_tokens, *q.shape[1:], dtype=q.dtype, device=q.device)])
+    cu = inputs["cu_seqlens_q"]
+    padded["cu_seqlens_q"] = torch.cat([cu, cu[-1:].repeat(extra_seqs)])
+    padded["context_lens"] = torch.cat([inputs["context_lens"],
+                                        torch.zeros(extra_seqs, dtype=torch.int32, device=cu.device)])
+    bt = inputs["block_tables"]
+    padded["block_tables"] = torch.cat([bt, torch.zeros(extra_seqs, bt.shape[1], dtype=bt.dtype,
+                                                        device=bt.device)])
+    padded["max_seqlen_q"] = max_seqlen_q
+    return padded
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_paged_attention_padded_step_matches_unpadded(splits):
+    """A padded step (as the engine replays it from a CUDA graph) gives the
+    real rows exactly what the unpadded step gives; random ragged lengths
+    exercise the flat tile grid's sequence search."""
+    n = random.randint(2, 6)
+    qlens = [random.choice([0, 1, 1, random.randint(1, 40)]) for _ in range(n)]
+    ctxs = [q + random.randint(0, 50) for q in qlens]
+    ctxs = [max(c, 1) for c in ctxs]
+    inputs = make_attention_inputs(qlens, ctxs, 8, 2, 64, 16, torch.float32)
+    t = sum(qlens)
+    expected = ref_ops.paged_attention(**inputs)
+    padded = _pad_like_a_cuda_graph(inputs, extra_tokens=random.randint(1, 20),
+                                    extra_seqs=random.randint(1, 4), max_seqlen_q=t + 24)
+    out = _run_triton(padded, num_splits=splits, max_context_len=64 * 16)
+    print("qlens", qlens, "ctxs", ctxs)
+    check_close(f"padded step splits={splits}", out[:t], expected, ATTN_TOL[torch.float32])
+    if t:
+        unpadded = _run_triton(inputs, num_splits=splits)
+        check_close(f"unpadded step splits={splits}", unpadded, expected, ATTN_TOL[torch.float32])
+
+
 def test_paged_attention_all_sequences_empty():
     inputs = make_attention_inputs([0, 0], [4, 9], 2, 2, 16, 4, torch.float32)
     assert _run_triton(inputs).shape == (0, 2, 16)

@@ -1,0 +1,83 @@
+"""The shapes a GPU step is padded to, and the flat layout its inputs travel in.
+
+A CUDA graph replays fixed shapes, so every step is padded up to a bucket: decode steps (one token
+per sequence) to a batch-size bucket, every other step (prefill chunks, mixed prefill + decode) to
+a token-count bucket. The eager path pads to the same buckets, so the matmuls see the same shapes
+with graphs on or off and greedy outputs stay identical either way.
+
+Padding is inert: padding tokens belong to no sequence (their K/V slot is -1, never written),
+padding sequences have no query tokens and an empty context, and padding sampling rows read row 0.
+
+All index inputs of a step travel to the device in one int64 buffer laid out as
+
+    [input_ids T | positions T | slot_mapping T | context_lens S | cu_seqlens_q S+1 |
+     logits_indices S | block_tables S x width]
+
+for T tokens and S sequences (padded), so one host-to-device copy carries a step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepShape:
+    num_tokens: int   # T, padded
+    num_seqs: int     # S, padded
+    decode: bool      # one query token per sequence
+
+    @property
+    def max_seqlen_q(self) -> int:
+        return 1 if self.decode else self.num_tokens
+
+    @property
+    def head_len(self) -> int:
+        """Length of the layout before the block tables."""
+        return 3 * self.num_tokens + 3 * self.num_seqs + 1
+
+    def head_slices(self) -> dict[str, slice]:
+        t, s = self.num_tokens, self.num_seqs
+        bounds = {"input_ids": t, "positions": t, "slot_mapping": t, "context_lens": s,
+                  "cu_seqlens_q": s + 1, "logits_indices": s}
+        out, at = {}, 0
+        for name, n in bounds.items():
+            out[name] = slice(at, at + n)
+            at += n
+        return out
+
+
+def decode_buckets(max_batch: int) -> list[int]:
+    """Batch sizes: 1, 2, 4, 8, then every 16, and max_batch itself."""
+    small = [b for b in (1, 2, 4, 8) if b < max_batch]
+    return sorted(set(small + list(range(16, max_batch + 1, 16)) + [max_batch]))
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Token counts: powers of two from 16 to 512, then every 256 (padding at most 1/3 of a
+    large, compute-bound step), and max_tokens itself. All multiples of 16 but the last."""
+    small = [t for t in (16, 32, 64, 128, 256, 512) if t < max_tokens]
+    return sorted(set(small + list(range(768, max_tokens + 1, 256)) + [max_tokens]))
+
+
+class ShapeBuckets:
+    """Which padded shape a step gets (None: run it as it is; too large for any bucket)."""
+
+    MAX_DECODE_BATCH = 256   # larger decode batches are padded as mixed steps
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int):
+        self.max_num_seqs = max_num_seqs
+        self.decode = decode_buckets(min(max_num_seqs, self.MAX_DECODE_BATCH))
+        self.tokens = token_buckets(max(max_num_batched_tokens, max_num_seqs))
+
+    def all_shapes(self) -> list[StepShape]:
+        return ([StepShape(b, b, True) for b in self.decode]
+                + [StepShape(t, min(t, self.max_num_seqs), False) for t in self.tokens])
+
+    def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> StepShape | None:
+        if max_seqlen_q == 1 and num_seqs <= self.decode[-1]:
+            b = next(b for b in self.decode if b >= num_seqs)
+            return StepShape(b, b, True)
+        if num_tokens <= self.tokens[-1] and num_seqs <= self.max_num_seqs:
+            t = next(t for t in self.tokens if t >= num_tokens)
+            return StepShape(t, min(t, self.max_num_seqs), False)
+        return None
