@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from .heuristics import choose_num_splits
+from .heuristics import choose_num_splits, choose_prefill_splits
 
 __all__ = ["paged_attention", "choose_num_splits", "AttnConfig", "default_config"]
 
@@ -349,21 +349,27 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
 
     if max_context_len is None:
         max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
-    if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len,
-                                       max_seqlen_q, device=q.device)
-    num_splits = max(1, int(num_splits))
-    if config is None:
-        config = default_config(max_seqlen_q, group_pad, head_dim, q.dtype, num_splits,
-                                max_context_len)
-    block_m = max(config.block_m, group_pad)
-    block_q = block_m // group_pad
-    split = num_splits > 1
+    # The query tile (and so the grid kind) does not depend on the split count.
+    block_q = max((config or default_config(max_seqlen_q, group_pad, head_dim, q.dtype)).block_m,
+                  group_pad) // group_pad
     # One query tile per sequence (decode): a (1, heads, seqs) grid needs no
     # search.  Otherwise the flat grid: its size does not depend on how the
     # tokens are spread over sequences, only on their totals.
     flat = max_seqlen_q > block_q
+    if num_splits is None:
+        if flat:
+            num_splits = choose_prefill_splits(num_tokens // block_q, num_kv_heads,
+                                               max_context_len, device=q.device)
+        else:
+            num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len,
+                                           max_seqlen_q, device=q.device)
+    num_splits = max(1, int(num_splits))
+    if config is None:
+        config = default_config(max_seqlen_q, group_pad, head_dim, q.dtype, num_splits,
+                                max_context_len)
+    assert max(config.block_m, group_pad) // group_pad == block_q
     num_q_tiles = num_tokens // block_q + num_seqs if flat else 1
+    split = num_splits > 1
 
     if split:
         part_m = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from kernel_testing import (ATTN_TOL, DEVICE, ON_GPU, SMALL_DTYPES, check_close,
                             gpu_only, make_attention_inputs)
 from kernels import reference as ref_ops
-from kernels.heuristics import MAX_SPLITS, MIN_TOKENS_PER_SPLIT, choose_num_splits
+from kernels.heuristics import (MAX_SPLITS, MIN_TOKENS_PER_SPLIT, PREFILL_MAX_SPLITS,
+                                PREFILL_MIN_TOKENS_PER_SPLIT, choose_num_splits, choose_prefill_splits)
 
 # name: (qlens, context_lens, Hq, Hkv, head_dim, page_size)
 SCENARIOS = {
@@ -172,6 +173,17 @@ def test_paged_attention_all_sequences_empty():
     inputs = make_attention_inputs([0, 0], [4, 9], 2, 2, 16, 4, torch.float32)
     assert _run_triton(inputs).shape == (0, 2, 16)
     assert ref_ops.paged_attention(**inputs).shape == (0, 2, 16)
+
+
+def test_prefill_split_heuristic():
+    # a 512-token chunk on the 1B shape (16 tiles x 8 KV heads) after a long context: split
+    s = choose_prefill_splits(16, 8, 8192)
+    assert 1 < s <= PREFILL_MAX_SPLITS
+    # enough tiles to fill the GPU, or a short context: no split
+    assert choose_prefill_splits(64, 8, 8192) == 1
+    assert choose_prefill_splits(16, 8, 2 * PREFILL_MIN_TOKENS_PER_SPLIT - 1) == 1
+    # never more splits than the context has PREFILL_MIN_TOKENS_PER_SPLIT chunks
+    assert choose_prefill_splits(1, 1, 3 * PREFILL_MIN_TOKENS_PER_SPLIT) == 3
 
 
 def test_split_heuristic():
