@@ -12,10 +12,15 @@ buffer of the full width, so a replay costs one host-to-device copy, one table c
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
 from engine.model import LlamaModel, StepInputs
 from engine.step_shapes import StepShape
+
+log = logging.getLogger(__name__)
 
 
 class StepGraphs:
@@ -53,6 +58,7 @@ class StepGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
+        t0 = time.perf_counter()
         pool = None
         # Largest first, so smaller graphs fit in the memory the largest one's pool already holds.
         for shape in sorted(self.shapes, key=lambda s: (s.num_tokens, s.num_seqs), reverse=True):
@@ -65,6 +71,7 @@ class StepGraphs:
             pool = graph.pool() if pool is None else pool
             self.graphs[shape] = graph
         torch.cuda.synchronize()
+        log.info("captured %d CUDA graphs (step shapes) in %.1f s", len(self.graphs), time.perf_counter() - t0)
 
     def __contains__(self, shape: StepShape | None) -> bool:
         return shape in self.graphs

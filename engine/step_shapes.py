@@ -60,18 +60,30 @@ def token_buckets(max_tokens: int) -> list[int]:
 
 
 class ShapeBuckets:
-    """Which padded shape a step gets (None: run it as it is; too large for any bucket)."""
+    """Which padded shape a step gets (None: run it as it is; too large for any bucket).
 
-    MAX_DECODE_BATCH = 256   # larger decode batches are padded as mixed steps
+    Prefill/mixed steps are bucketed by token count and, within that, by sequence count: each
+    padding sequence still costs the attention kernel a program per KV head (it exits at once,
+    but after a search), so a 256-token chunk beside 32 decodes must not pay for 256 sequences.
+    """
+
+    MAX_DECODE_BATCH = 256      # larger decode batches are padded as mixed steps
+    MIXED_SEQ_BUCKETS = (16, 64, 256)
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int):
         self.max_num_seqs = max_num_seqs
         self.decode = decode_buckets(min(max_num_seqs, self.MAX_DECODE_BATCH))
         self.tokens = token_buckets(max(max_num_batched_tokens, max_num_seqs))
 
+    def mixed_seq_buckets(self, num_tokens: int) -> list[int]:
+        """Sequence counts for a token bucket; the last one, min(tokens, max_num_seqs), holds any
+        step of that many tokens (every sequence in a step has at least one token)."""
+        most = min(num_tokens, self.max_num_seqs)
+        return sorted({min(s, most) for s in self.MIXED_SEQ_BUCKETS} | {most})
+
     def all_shapes(self) -> list[StepShape]:
         return ([StepShape(b, b, True) for b in self.decode]
-                + [StepShape(t, min(t, self.max_num_seqs), False) for t in self.tokens])
+                + [StepShape(t, s, False) for t in self.tokens for s in self.mixed_seq_buckets(t)])
 
     def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> StepShape | None:
         if max_seqlen_q == 1 and num_seqs <= self.decode[-1]:
@@ -79,5 +91,5 @@ class ShapeBuckets:
             return StepShape(b, b, True)
         if num_tokens <= self.tokens[-1] and num_seqs <= self.max_num_seqs:
             t = next(t for t in self.tokens if t >= num_tokens)
-            return StepShape(t, min(t, self.max_num_seqs), False)
+            return StepShape(t, next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs), False)
         return None

@@ -358,7 +358,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     flat = max_seqlen_q > block_q
     if num_splits is None:
         if flat:
-            num_splits = choose_prefill_splits(num_tokens // block_q, num_kv_heads,
+            num_splits = choose_prefill_splits(num_tokens // block_q + num_seqs, num_kv_heads,
                                                max_context_len, device=q.device)
         else:
             num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len,

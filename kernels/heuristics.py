@@ -56,9 +56,10 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int,
     return max(1, min(wanted, max_context_len // MIN_TOKENS_PER_SPLIT, MAX_SPLITS))
 
 
-# Steps with several query tiles per sequence (a prefill chunk after a long cached context):
-# one program per (query tile, KV head) may not fill the GPU either. H100, 1B shape (GQA 32/8):
-# a 512-token chunk is 16 tiles x 8 heads = 128 programs, under one per SM, at 173 us a layer.
+# Steps on the flat grid (several query tiles per sequence, e.g. a prefill chunk after a long
+# cached context) can leave SMs idle too: one sequence's 256-token chunk on the 1B shape (GQA 32/8,
+# 32-token tiles) is 8 tiles x 8 heads. Splitting multiplies every program, the many that exit at
+# once included, so it is only worth it when the whole grid is small.
 PREFILL_MIN_TOKENS_PER_SPLIT = 512
 PREFILL_MAX_SPLITS = 8
 
@@ -67,8 +68,8 @@ def choose_prefill_splits(num_q_tiles: int, num_kv_heads: int, max_context_len: 
                           device=None) -> int:
     """Splits for a step on the flat tile grid (see attention.py).
 
-    num_q_tiles: query tiles of the step's real tokens (tokens // BLOCK_Q; padding sequences
-    are left out since their programs exit at once); max_context_len: bound on context_lens.
+    num_q_tiles: the flat grid's tiles (tokens // BLOCK_Q + sequences); max_context_len: bound
+    on context_lens.
     Returns 1 when the tiles already give every SM a program, or contexts are short.
     """
     sms = DEFAULT_NUM_SMS

@@ -46,6 +46,8 @@ def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens):
         assert shape in shapes
         assert shape.num_tokens >= tokens and shape.num_seqs >= seqs and shape.max_seqlen_q >= max_q
         assert shape.decode == (max_q == 1 and seqs <= ShapeBuckets.MAX_DECODE_BATCH)
+        if not shape.decode:   # padding sequences cost attention programs: at most 4x (or 16)
+            assert shape.num_seqs <= max(16, 4 * seqs)
 
 
 def test_layout_slices_tile_the_head():
