@@ -44,8 +44,10 @@ class LlamaModel:
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Returns fp32 logits [S, vocab] for the rows in `x.logits_indices`."""
+    def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
+                logits_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns logits [S, vocab] in the model's dtype for the rows in `x.logits_indices`,
+        written into `logits_out` when given (CUDA graphs share one such buffer)."""
         cfg, w, ops = self.cfg, self.w, self.ops
         h = F.embedding(x.input_ids, w["embed"])
         residual = None
@@ -60,7 +62,7 @@ class LlamaModel:
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
         h, residual = h[x.logits_indices], residual[x.logits_indices]
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
-        return F.linear(h, w["lm_head"]).float()
+        return torch.mm(h, w["lm_head"].t(), out=logits_out)
 
     def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache) -> torch.Tensor:
         cfg = self.cfg

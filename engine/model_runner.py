@@ -161,4 +161,4 @@ class ModelRunner:
             if not padded:   # the step's own sizes
                 shape = StepShape(num_tokens, len(batch.seqs), decode=max_q == 1)
             logits = self.model.forward(self._eager_inputs(packed, shape, width, padded), self.kv_cache)
-        return logits[:num_sampling]
+        return logits[:num_sampling].float()
