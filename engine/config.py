@@ -121,7 +121,7 @@ class EngineConfig:
     kv_cache_memory_fraction: float = 0.90  # GPU: share of the device this instance may use in all
     cpu_kv_cache_gb: float = 1.0           # CPU: KV-cache budget when num_kv_blocks is not set
     enable_prefix_caching: bool = True
-    enforce_eager: bool = False            # GPU: no CUDA graphs for decode steps
+    enforce_eager: bool = False            # GPU: run steps eagerly instead of replaying CUDA graphs
     max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
     seed: int = 0                          # for requests that sample without their own seed
     extra: dict = field(default_factory=dict)
