@@ -1,5 +1,6 @@
-"""CUDA graphs must not change results: greedy tokens with captured decode steps equal the eager
-engine's, in fp32 and bf16, alone and batched (GPU only; skipped on CPU machines)."""
+"""CUDA graphs must not change results: greedy tokens with every step replayed from a captured graph
+(prefill, mixed and decode shapes) equal the eager engine's, in fp32 and bf16, alone and batched
+(GPU only; skipped on CPU machines)."""
 from __future__ import annotations
 
 import pytest
