@@ -18,7 +18,7 @@ import time
 import torch
 
 from engine.model import LlamaModel, StepInputs
-from engine.step_shapes import StepShape
+from engine.step_shapes import StepShape, step_inputs
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,7 @@ class StepGraphs:
     def _inputs(self, shape: StepShape) -> StepInputs:
         """The captured forward's inputs: views of the static buffers; the int32 casts of the
         per-sequence arrays happen inside the graph."""
-        v = {name: self.flat[sl] for name, sl in shape.head_slices().items()}
-        return StepInputs(
-            input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
-            block_tables=self.block_tables[:shape.num_seqs],
-            context_lens=v["context_lens"].to(torch.int32), cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32),
-            max_seqlen_q=shape.max_seqlen_q, logits_indices=v["logits_indices"],
-            max_context_len=self.max_context_len)
+        return step_inputs(self.flat, shape, self.block_tables[:shape.num_seqs], self.max_context_len)
 
     def _fill_inert(self, shape: StepShape) -> None:
         """Valid inputs for warm-up and capture: every token padding, every sequence empty."""

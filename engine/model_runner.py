@@ -10,7 +10,7 @@ from engine.loader import fused_weights, load_state_dict
 from engine.cuda_graphs import StepGraphs
 from engine.model import LlamaModel, StepInputs
 from engine.scheduler import ScheduledBatch
-from engine.step_shapes import ShapeBuckets, StepShape
+from engine.step_shapes import ShapeBuckets, StepShape, step_inputs
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,9 @@ class ModelRunner:
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
         """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
         bound too, so eager and replayed runs of one shape launch the same kernels."""
-        v = {name: packed[sl] for name, sl in shape.head_slices().items()}
         head = shape.head_len
-        return StepInputs(
-            input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
-            block_tables=packed[head:head + shape.num_seqs * width].view(shape.num_seqs, width).to(torch.int32),
-            context_lens=v["context_lens"].to(torch.int32), cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32),
-            max_seqlen_q=shape.max_seqlen_q, logits_indices=v["logits_indices"],
-            max_context_len=self.max_context_len if padded else None)
+        tables = packed[head:head + shape.num_seqs * width].view(shape.num_seqs, width).to(torch.int32)
+        return step_inputs(packed, shape, tables, self.max_context_len if padded else None)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:

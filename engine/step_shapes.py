@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from engine.model import StepInputs
+
 
 @dataclass(frozen=True)
 class StepShape:
@@ -44,6 +48,17 @@ class StepShape:
             out[name] = slice(at, at + n)
             at += n
         return out
+
+
+def step_inputs(packed: torch.Tensor, shape: StepShape, block_tables: torch.Tensor,
+                max_context_len: int | None) -> StepInputs:
+    """The model's inputs as views of a packed step (int32 casts of the per-sequence arrays)."""
+    v = {name: packed[sl] for name, sl in shape.head_slices().items()}
+    return StepInputs(
+        input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
+        block_tables=block_tables, context_lens=v["context_lens"].to(torch.int32),
+        cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32), max_seqlen_q=shape.max_seqlen_q,
+        logits_indices=v["logits_indices"], max_context_len=max_context_len)
 
 
 def decode_buckets(max_batch: int) -> list[int]:
