@@ -122,6 +122,7 @@ class EngineConfig:
     cpu_kv_cache_gb: float = 1.0           # CPU: KV-cache budget when num_kv_blocks is not set
     enable_prefix_caching: bool = True
     enforce_eager: bool = False            # GPU: run steps eagerly instead of replaying CUDA graphs
+    async_scheduling: bool = True          # prepare step N+1 while the GPU runs step N (engine.step)
     max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
     seed: int = 0                          # for requests that sample without their own seed
     extra: dict = field(default_factory=dict)

@@ -21,9 +21,9 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, ModelLoadError
 from engine.detokenizer import IncrementalDetokenizer
 from engine.model_runner import ModelRunner
-from engine.sampler import Sampler
+from engine.sampler import SampledTokens, Sampler
 from engine.sampling_params import InvalidRequest, SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import RequestOutput, Sequence, Status
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int   # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int      # of which found cached
+
+
+@dataclass
+class _InFlightStep:
+    seqs: list[Sequence]          # the sequences that sample, in row order
+    sampled: SampledTokens
+    needs_host_tokens: bool       # a request with penalties: read before the next step samples
 
 
 @dataclass
@@ -72,6 +79,7 @@ class LLMEngine:
                                    config.max_waiting_requests)
         self.sampler = Sampler(self.runner.device, config.seed)
         self.seqs: dict[str, Sequence] = {}
+        self._in_flight: _InFlightStep | None = None   # launched, tokens not read yet (see step)
 
     # ----- requests ------------------------------------------------------------------------------
     @property
@@ -119,7 +127,10 @@ class LLMEngine:
         return self._output(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        if self.scheduler.has_work():
+            return True
+        # A launched step whose sequences were all aborted since has nothing left to report.
+        return self._in_flight is not None and not all(s.finished for s in self._in_flight.seqs)
 
     def stats(self) -> "EngineStats":
         """A snapshot for metrics; plain int reads, safe to call from another thread."""
@@ -131,19 +142,58 @@ class LLMEngine:
 
     # ----- one step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Run one step; returns the outputs that became known.
+
+        With asynchronous scheduling (the default) a step's sampled tokens are read one call
+        later: this call schedules and launches step N, whose sequences read their last token
+        (sampled by step N-1) on the device, and only then waits for step N-1's tokens and turns
+        them into outputs, while the GPU already runs step N. The host's work per step (schedule,
+        pack, detokenize, stop checks) so hides behind the GPU's instead of adding to it.
+
+        A sequence that finishes on a token read late (EOS, a stop string) has already been
+        scheduled once more; that extra token is discarded, never reported. Penalties need every
+        previous token on the host, so a step with a penalized request reads the last one first.
+        """
+        outputs: list[RequestOutput] = []
+        if self._in_flight is not None and (not self.config.async_scheduling or self._in_flight.needs_host_tokens):
+            outputs += self._read_tokens(self._in_flight)
+            self._in_flight = None
         batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return []
-        logits = self.runner.run(batch)
+        launched = self._launch(batch) if batch.seqs else None
+        if self._in_flight is not None:
+            outputs += self._read_tokens(self._in_flight)
+        self._in_flight = launched
+        for seq in batch.seqs:   # now that the tokens they computed are known on the host
+            if not seq.finished:
+                self.block_manager.commit(seq)
+        if launched is not None and not self.config.async_scheduling:
+            outputs += self._read_tokens(launched)
+            self._in_flight = None
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch) -> "_InFlightStep | None":
+        """Queue the step's forward pass and sampling on the device; nothing waits here."""
+        prev = self._in_flight.sampled.token_ids if self._in_flight is not None else None
+        logits = self.runner.run(batch, prev)
         sampling = [seq for i, seq in enumerate(batch.seqs) if batch.samples(i)]
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
-            self.block_manager.commit(seq)
         if not sampling:
-            return []
-        result = self.sampler(logits, sampling)
+            return None
+        sampled = self.sampler.sample(logits, sampling)
+        for row, seq in enumerate(sampling):
+            seq.num_pending += 1
+            seq.pending_row = row
+        return _InFlightStep(sampling, sampled, any(s.params.has_penalties for s in sampling))
+
+    def _read_tokens(self, step: "_InFlightStep") -> list[RequestOutput]:
+        """Wait for a launched step's tokens and append them: stop checks, text, outputs."""
+        result = step.sampled.result()
         outputs = []
-        for j, seq in enumerate(sampling):
+        for j, seq in enumerate(step.seqs):
+            seq.num_pending -= 1
+            if seq.finished:   # finished (stop token/string) or aborted since: discard the token
+                continue
             self._append_token(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
             if seq.finished:
                 self.scheduler.finish(seq)
@@ -167,7 +217,7 @@ class LLMEngine:
         seq.output_text += seq.detokenizer.add(token)
         if seq.params.stop and self._hit_stop_string(seq):
             return
-        if seq.num_tokens >= seq.max_total_tokens:
+        if len(seq.token_ids) >= seq.max_total_tokens:   # not num_tokens: that counts tokens in flight
             seq.status = Status.FINISHED
             seq.finish_reason = "length"
             seq.output_text += seq.detokenizer.flush()

@@ -29,7 +29,8 @@ class ModelRunner:
         self.dtype = config.resolved_dtype()
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        self._staging: torch.Tensor | None = None   # pinned host buffer for step inputs
+        self._staging: list[torch.Tensor | None] = [None, None]   # pinned host buffers for step inputs
+        self._turn = 0
         weights = fused_weights(model_cfg, load_state_dict(config.model_dir, self.dtype, self.device))
         self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len)
         self.num_blocks = config.num_kv_blocks or self._blocks_that_fit()
@@ -49,7 +50,8 @@ class ModelRunner:
             self.buckets = ShapeBuckets(config.max_num_seqs, config.max_num_batched_tokens)
             shapes = self.buckets.all_shapes()
             # Where each step's packed inputs land (step_shapes layout); the graphs read from it.
-            self.inputs = torch.zeros(max(s.head_len + s.num_seqs * max_blocks for s in shapes),
+            # (+2 per sequence: the indices that fill in tokens still in flight, see prepare)
+            self.inputs = torch.zeros(max(s.head_len + s.num_seqs * (max_blocks + 2) for s in shapes),
                                       dtype=torch.long, device=self.device)
             if not config.enforce_eager:
                 self.graphs = StepGraphs(self.model, self.kv_cache, shapes, self.inputs, max_blocks,
@@ -96,15 +98,24 @@ class ModelRunner:
         budget = min(total * self.config.kv_cache_memory_fraction - peak, free - 512 * 2**20)
         return int(budget // self.bytes_per_block)
 
-    def prepare(self, batch: ScheduledBatch, shape: StepShape | None) -> tuple[torch.Tensor, int, int]:
+    def prepare(self, batch: ScheduledBatch, shape: StepShape | None,
+                prev_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         """Pack the batch, padded to `shape` (None: unpadded), in the step_shapes layout and copy it
-        to the device in one transfer. Returns (packed inputs on the device, block-table width,
-        number of sampling rows)."""
+        to the device in one transfer. Tokens still in flight (`seq.num_pending`) are read on the
+        device from `prev_tokens`, the previous step's sampled tokens. Returns (packed inputs on
+        the device, block-table width, number of sampling rows)."""
         bs = self.block_size
         input_ids, positions, slots, cu, ctx, logits_idx = [], [], [], [0], [], []
+        fill_dst, fill_src = [], []   # input_ids rows <- rows of prev_tokens
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            input_ids.extend(seq.token_ids[start:end])
+            known = seq.token_ids[start:end]
+            if len(known) < n:   # its last token is in flight: a decode of that token
+                assert n == 1 and seq.num_pending and prev_tokens is not None
+                fill_dst.append(cu[-1])
+                fill_src.append(seq.pending_row)
+                known = [0]
+            input_ids.extend(known)
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
@@ -124,17 +135,29 @@ class ModelRunner:
         width = max(len(s.block_table) for s in batch.seqs)
         tables = [b for s in batch.seqs for b in s.block_table + [0] * (width - len(s.block_table))]
         tables += [0] * (width * (len(ctx) - len(batch.seqs)))
-        flat = torch.tensor(input_ids + positions + slots + ctx + cu + logits_idx + tables, dtype=torch.long)
+        # The fill indices ride behind the layout, in the same transfer.
+        flat = torch.tensor(input_ids + positions + slots + ctx + cu + logits_idx + tables + fill_dst + fill_src,
+                            dtype=torch.long)
+        n = flat.numel() - 2 * len(fill_dst)
         if self.device.type != "cuda":
-            return flat, width, num_sampling
-        n = flat.numel()
-        if self._staging is None or self._staging.numel() < n:
-            self._staging = torch.empty(max(n, 1 << 16), dtype=torch.long, pin_memory=True)
-        self._staging[:n].copy_(flat)
-        dest = self.inputs[:n] if n <= self.inputs.numel() else torch.empty(n, dtype=torch.long,
-                                                                             device=self.device)
-        dest.copy_(self._staging[:n], non_blocking=True)
-        return dest, width, num_sampling
+            packed = flat
+        else:
+            # Two pinned staging buffers, used in turn: the previous step's copy may still be
+            # queued when this one is packed (asynchronous scheduling), the one before it is done.
+            self._turn ^= 1
+            staging = self._staging[self._turn]
+            if staging is None or staging.numel() < flat.numel():
+                staging = self._staging[self._turn] = torch.empty(max(flat.numel(), 1 << 16), dtype=torch.long,
+                                                                  pin_memory=True)
+            staging[:flat.numel()].copy_(flat)
+            packed = (self.inputs[:flat.numel()] if flat.numel() <= self.inputs.numel()
+                      else torch.empty(flat.numel(), dtype=torch.long, device=self.device))
+            packed.copy_(staging[:flat.numel()], non_blocking=True)
+        if fill_dst:
+            k = len(fill_dst)
+            dst, src = packed[n:n + k], packed[n + k:n + 2 * k]
+            packed[:len(input_ids)].index_copy_(0, dst, prev_tokens.index_select(0, src))
+        return packed[:n], width, num_sampling
 
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
         """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
@@ -144,11 +167,13 @@ class ModelRunner:
         return step_inputs(packed, shape, tables, self.max_context_len if padded else None)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
-        """fp32 logits for every sequence of the batch that samples this step, in batch order."""
+    def run(self, batch: ScheduledBatch, prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits for every sequence of the batch that samples this step, in batch order.
+        Only queues device work. prev_tokens: the previous step's sampled tokens on the device,
+        for sequences whose last token the host has not read yet."""
         num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
         shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q) if self.buckets else None
-        packed, width, num_sampling = self.prepare(batch, shape)
+        packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
         if self.graphs is not None and shape in self.graphs:
             logits = self.graphs.replay(shape, width)
         else:

@@ -24,12 +24,47 @@ class SampleResult:
     top_logprobs: list[list[tuple[int, float]] | None]  # per row, when the request asked for them
 
 
+class SampledTokens:
+    """A step's sampled tokens on their way to the host.
+
+    Sampling only queues GPU work and one device-to-host copy; `result()` waits for it. In between
+    the engine can launch the next step, which reads these tokens on the device (`token_ids`).
+    """
+
+    def __init__(self, token_ids: torch.Tensor, host: torch.Tensor, event, top_ks: list[int]):
+        self.token_ids = token_ids     # [rows] int64 on the device
+        self._host = host              # float64: ids, logprobs, then each row's top-k ids and logprobs
+        self._event = event            # CUDA event after the copy (None on the CPU: already done)
+        self._top_ks = top_ks          # per row, 0 when the request asked for no top logprobs
+
+    def result(self) -> SampleResult:
+        if self._event is not None:
+            self._event.synchronize()  # releases the GIL while it waits
+        values = self._host.tolist()   # token ids are exact in float64
+        n = len(self._top_ks)
+        token_ids = [int(t) for t in values[:n]]
+        logprobs = values[n:2 * n]
+        top = [None] * n
+        k_max = max(self._top_ks, default=0)
+        if k_max:
+            ids, lps = values[2 * n:2 * n + n * k_max], values[2 * n + n * k_max:]
+            for i, k in enumerate(self._top_ks):
+                if k:
+                    row = slice(i * k_max, i * k_max + k)
+                    top[i] = list(zip(map(int, ids[row]), lps[row]))
+        return SampleResult(token_ids, logprobs, top)
+
+
 class Sampler:
     def __init__(self, device: torch.device, seed: int = 0):
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        return self.sample(logits, seqs).result()
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
+        """Queue the sampling of one token per row; nothing here waits for the device."""
         logits = logits.float()
         # Raw log-probabilities are logits - logsumexp: only the rows' normalizers are computed,
         # never a second [batch, vocab] tensor (at batch 256 x 128k vocab that is 128 MB a step).
@@ -41,29 +76,41 @@ class Sampler:
         chosen = processed.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if random_rows:
-            rows = torch.tensor(random_rows, device=logits.device)
+            rows = self._to_device(random_rows, torch.long)
             probs = self._filtered_probs(processed[rows], [seqs[i] for i in random_rows])
             noise = self._exponential_noise(probs, [seqs[i] for i in random_rows])
             chosen[rows] = (probs / noise).argmax(dim=-1)
         chosen_logprobs = logits.gather(1, chosen[:, None]).squeeze(1) - lse
-        # One device-to-host transfer (one sync) for both; token ids are exact in float64.
-        token_ids, logprobs = torch.stack([chosen.double(), chosen_logprobs.double()]).tolist()
-        top = [None] * len(seqs)
-        k_max = max((s.params.logprobs or 0) for s in seqs)
+        parts = [chosen.double(), chosen_logprobs.double()]
+        top_ks = [s.params.logprobs or 0 for s in seqs]
+        k_max = max(top_ks, default=0)
         if k_max > 0:
             vals, ids = logits.topk(k_max, dim=-1)
-            vals, ids = (vals - lse[:, None]).tolist(), ids.tolist()
-            for i, s in enumerate(seqs):
-                if s.params.logprobs:
-                    k = s.params.logprobs
-                    top[i] = list(zip(ids[i][:k], vals[i][:k]))
-        return SampleResult([int(t) for t in token_ids], logprobs, top)
+            parts += [ids.flatten().double(), (vals - lse[:, None]).flatten().double()]
+        packed = torch.cat(parts)
+        if packed.device.type != "cuda":
+            return SampledTokens(chosen, packed, None, top_ks)
+        # One device-to-host copy for everything the host needs, into pinned memory so it is
+        # truly asynchronous; the event marks its completion.
+        host = torch.empty(packed.numel(), dtype=torch.float64, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return SampledTokens(chosen, host, event, top_ks)
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A small host list on the device without a synchronizing copy from pageable memory."""
+        t = torch.tensor(values, dtype=dtype)
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         for i, s in enumerate(seqs):
             p = s.params
             if not p.has_penalties:
                 continue
+            assert s.num_pending == 0, "penalties need every previous token on the host"
             row = logits[i]
             if p.repetition_penalty != 1.0:
                 # HF/vLLM semantics: every token seen in prompt or output is made less likely.
@@ -81,7 +128,9 @@ class Sampler:
     @staticmethod
     def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """min_tokens: until a request has that many tokens, its stop tokens cannot be drawn."""
-        rows = [i for i, s in enumerate(seqs) if s.num_output_tokens < s.params.min_tokens and s.stop_ids]
+        # num_tokens counts tokens still in flight: they precede the one drawn now.
+        rows = [i for i, s in enumerate(seqs)
+                if s.num_tokens - s.num_prompt_tokens < s.params.min_tokens and s.stop_ids]
         if rows:
             logits = logits.clone()
             for i in rows:
@@ -89,9 +138,8 @@ class Sampler:
                 logits[i, ids] = float("-inf")
         return logits
 
-    @staticmethod
-    def _filtered_probs(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        temps = torch.tensor([s.params.temperature for s in seqs], device=logits.device)
+    def _filtered_probs(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        temps = self._to_device([s.params.temperature for s in seqs], torch.float32)
         logits = logits / temps[:, None]
         vocab = logits.shape[1]
         # top_k >= vocab is no filter; clamping also keeps a huge value ({"top_k": 1e30}) from
@@ -101,12 +149,12 @@ class Sampler:
         if any(k < vocab for k in top_ks) or any(p < 1.0 for p in top_ps):
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             ranks = torch.arange(vocab, device=logits.device)[None, :]
-            k = torch.tensor(top_ks, device=logits.device)[:, None]
+            k = self._to_device(top_ks, torch.long)[:, None]
             sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
             sorted_probs = sorted_logits.softmax(dim=-1)
             # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
             mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-            p = torch.tensor(top_ps, device=logits.device)[:, None]
+            p = self._to_device(top_ps, torch.float32)[:, None]
             sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         return logits.softmax(dim=-1)
@@ -115,10 +163,11 @@ class Sampler:
         noise = torch.empty_like(probs)
         shared = [i for i, s in enumerate(seqs) if s.generator is None]
         if shared:
-            noise[shared] = torch.empty((len(shared), probs.shape[1]), device=probs.device).exponential_(
+            noise[self._to_device(shared, torch.long)] = torch.empty((len(shared), probs.shape[1]), device=probs.device).exponential_(
                 generator=self.generator)
         for i, s in enumerate(seqs):
             if s.generator is not None:
                 # Per-request generators live on the CPU: same stream on any device and batch.
-                noise[i] = torch.empty(probs.shape[1]).exponential_(generator=s.generator).to(probs.device)
+                row = torch.empty(probs.shape[1]).exponential_(generator=s.generator)
+                noise[i] = row.pin_memory().to(probs.device, non_blocking=True) if probs.is_cuda else row
         return noise

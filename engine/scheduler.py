@@ -62,6 +62,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.last_token_in_flight:   # asynchronous scheduling: it finishes when that is read
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self._make_room(seq, seq.num_computed_tokens + n, batch):
                 break  # `seq` itself was preempted; everything after it already was

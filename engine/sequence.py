@@ -38,7 +38,12 @@ class Sequence:
                  detokenizer: IncrementalDetokenizer, eos_token_ids: tuple[int, ...], max_model_len: int):
         self.request_id = request_id
         self.params = params
-        self.token_ids: list[int] = list(prompt_token_ids)
+        self.token_ids: list[int] = list(prompt_token_ids)   # known on the host
+        # Tokens sampled on the GPU whose values the host has not read yet (asynchronous
+        # scheduling, engine.py): they count for positions and KV slots, and the next step reads
+        # them on the device (row `pending_row` of the previous step's sampled tokens).
+        self.num_pending = 0
+        self.pending_row = -1
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = Status.WAITING
         self.block_table: list[int] = []
@@ -62,11 +67,18 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Tokens the sequence has, including those still in flight from the GPU."""
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:
+        """Generated tokens known on the host (what outputs report)."""
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def last_token_in_flight(self) -> bool:
+        """Its final token (by length) is sampled but not yet read: nothing left to schedule."""
+        return self.num_pending > 0 and self.num_tokens >= self.max_total_tokens
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32,128")
     ap.add_argument("--profile", action="store_true", help="cProfile a batch-1 run into DIR/profile_<tag>.txt")
     ap.add_argument("--eager-too", action="store_true", help="also time batch 1 without CUDA graphs")
+    ap.add_argument("--sync-too", action="store_true",
+                    help="also time every batch with async_scheduling off (tokens read before the next step)")
     args = ap.parse_args()
     from engine import EngineConfig, LLMEngine
     from engine.step_shapes import StepShape
@@ -87,6 +89,13 @@ def main() -> None:
         tokps = decode_tokps(engine, b, prompt_len=128, new_tokens=256 if b == 1 else 128)
         metrics[f"engine_decode_bs{b}_{tag}_tokps"] = tokps
         print(f"batch {b:4d}: {tokps:10.1f} tok/s", flush=True)
+    if args.sync_too:   # same engine, same graphs: only the step's order of host and device work differs
+        engine.config.async_scheduling = False
+        for b in [int(x) for x in args.batches.split(",")]:
+            tokps = decode_tokps(engine, b, prompt_len=128, new_tokens=256 if b == 1 else 128)
+            metrics[f"engine_decode_bs{b}_{tag}_sync_tokps"] = tokps
+            print(f"batch {b:4d} sync: {tokps:10.1f} tok/s", flush=True)
+        engine.config.async_scheduling = True
     graphs = engine.runner.graphs
     if graphs is not None:
         # The GPU time of one batch-1 decode step alone (graph replay): the rest of a step's

@@ -12,7 +12,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/
 status=0
 step() { echo "=== $*"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; echo "=== rc=$rc in $((SECONDS-t0))s: $*"; [ $rc = 0 ] || status=1; }
 [ "${SKIP_E2E:-0}" = 1 ] || step python3 perf/gpu_e2e_check.py --out "$OUT"
-[ "${SKIP_KERNEL_TESTS:-0}" = 1 ] || step python3 -m pytest -q -x tests/kernels tests/engine/test_cuda_graphs.py
+[ "${SKIP_KERNEL_TESTS:-0}" = 1 ] || step python3 -m pytest -q -x ${GPU_TESTS:-tests/kernels tests/engine/test_cuda_graphs.py tests/engine/test_async_scheduling.py}
 [ "${SKIP_BENCH_KERNELS:-0}" = 1 ] || step python3 perf/bench_kernels.py --out "$OUT"
 [ "${SKIP_BENCH_ENGINE:-0}" = 1 ] || step python3 perf/bench_engine.py --size llama-3.2-1b --tag 1b --out "$OUT" ${ENGINE_ARGS:-}
+[ "${WITH_SCHEDULER:-0}" = 1 ] && step python3 perf/bench_scheduler.py --out "$OUT"
 exit $status

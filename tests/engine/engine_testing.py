@@ -102,12 +102,14 @@ def run_requests(engine: LLMEngine, prompts, params, check: bool = True, prefix:
 
 
 def record_logits(engine: LLMEngine):
-    """Wrap runner.run: every step appends [(token_ids of each sampling seq, logits row)]."""
+    """Wrap runner.run: every step appends [(token_ids of each sampling seq, logits row)].
+    Turns asynchronous scheduling off: each row's context must be known on the host when it runs."""
+    engine.config.async_scheduling = False
     records = []
     orig = engine.runner.run
 
-    def run(batch):
-        logits = orig(batch)
+    def run(batch, *args):
+        logits = orig(batch, *args)
         sampling = [list(s.token_ids) for i, s in enumerate(batch.seqs) if batch.samples(i)]
         assert len(sampling) == logits.shape[0]
         records.append(list(zip(sampling, logits.clone())))

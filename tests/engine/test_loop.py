@@ -199,12 +199,12 @@ def test_fatal_step_error_fails_every_request_and_kills_the_loop(gqa, engine_fac
     orig = eng.runner.run
     fail, entered, release = threading.Event(), threading.Event(), threading.Event()
 
-    def run(batch):
+    def run(batch, *args):
         if fail.is_set():
             entered.set()
             release.wait(TIMEOUT)
             raise RuntimeError("boom: device lost")
-        return orig(batch)
+        return orig(batch, *args)
 
     eng.runner.run = run
     loop = loops(eng)
@@ -275,10 +275,10 @@ def test_queue_full_while_the_engine_is_busy(gqa, engine_factory, loops):
     orig = eng.runner.run
     entered, release = threading.Event(), threading.Event()
 
-    def run(batch):
+    def run(batch, *args):
         entered.set()
         release.wait(TIMEOUT)
-        return orig(batch)
+        return orig(batch, *args)
 
     eng.runner.run = run
     loop = loops(eng)

@@ -65,9 +65,9 @@ def run_engine(model_dir, padded: bool, chunk: int):
     shapes = []
     real_run = engine.runner.run
 
-    def spy(batch):
+    def spy(batch, *args):
         shapes.append((sum(batch.num_new_tokens), len(batch.seqs), max(batch.num_new_tokens)))
-        return real_run(batch)
+        return real_run(batch, *args)
     engine.runner.run = spy
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=2)
     alone = [engine.generate([p], params)[0] for p in PROMPTS]
