@@ -122,10 +122,19 @@ class EngineConfig:
     cpu_kv_cache_gb: float = 1.0           # CPU: KV-cache budget when num_kv_blocks is not set
     enable_prefix_caching: bool = True
     enforce_eager: bool = False            # GPU: run steps eagerly instead of replaying CUDA graphs
-    async_scheduling: bool = True          # prepare step N+1 while the GPU runs step N (engine.step)
+    # Prepare step N+1 while the GPU runs step N (engine.step). None: on for CUDA devices; on the
+    # CPU the forward pass runs on the engine thread itself, so there is nothing to overlap.
+    async_scheduling: bool | None = None
     max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
     seed: int = 0                          # for requests that sample without their own seed
     extra: dict = field(default_factory=dict)
+
+    @property
+    def overlaps_steps(self) -> bool:
+        """Whether asynchronous scheduling is on (resolving None)."""
+        if self.async_scheduling is None:
+            return self.device.startswith("cuda")
+        return self.async_scheduling
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype == "auto":

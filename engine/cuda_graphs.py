@@ -47,7 +47,7 @@ class StepGraphs:
         per-sequence arrays happen inside the graph."""
         return step_inputs(self.flat, shape, self.block_tables[:shape.num_seqs], self.max_context_len)
 
-    def _fill_inert(self, shape: StepShape) -> None:
+    def fill_inert(self, shape: StepShape) -> None:
         """Valid inputs for warm-up and capture: every token padding, every sequence empty."""
         sl = shape.head_slices()
         self.flat.zero_()
@@ -59,7 +59,7 @@ class StepGraphs:
         pool = None
         # Largest first, so smaller graphs fit in the memory the largest one's pool already holds.
         for shape in sorted(self.shapes, key=lambda s: (s.num_tokens, s.num_seqs), reverse=True):
-            self._fill_inert(shape)
+            self.fill_inert(shape)
             out = self.logits[:shape.num_seqs]
             self.model.forward(self._inputs(shape), self.kv_cache, out)   # warm up: Triton compiles here
             torch.cuda.synchronize()

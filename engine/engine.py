@@ -11,6 +11,7 @@ its own thread for the server.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,11 @@ class LLMEngine:
         self.sampler = Sampler(self.runner.device, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self._in_flight: _InFlightStep | None = None   # launched, tokens not read yet (see step)
+        # Everything allocated so far (torch, the tokenizer, the model's Python objects) lives as
+        # long as the process: move it out of the cyclic GC's reach, so a full collection
+        # triggered by per-step garbage does not walk it (a multi-millisecond stall in a step).
+        gc.collect()
+        gc.freeze()
 
     # ----- requests ------------------------------------------------------------------------------
     @property
@@ -155,7 +161,7 @@ class LLMEngine:
         previous token on the host, so a step with a penalized request reads the last one first.
         """
         outputs: list[RequestOutput] = []
-        if self._in_flight is not None and (not self.config.async_scheduling or self._in_flight.needs_host_tokens):
+        if self._in_flight is not None and (not self.config.overlaps_steps or self._in_flight.needs_host_tokens):
             outputs += self._read_tokens(self._in_flight)
             self._in_flight = None
         batch = self.scheduler.schedule()
@@ -166,7 +172,7 @@ class LLMEngine:
         for seq in batch.seqs:   # now that the tokens they computed are known on the host
             if not seq.finished:
                 self.block_manager.commit(seq)
-        if launched is not None and not self.config.async_scheduling:
+        if launched is not None and not self.config.overlaps_steps:
             outputs += self._read_tokens(launched)
             self._in_flight = None
         return outputs

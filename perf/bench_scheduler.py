@@ -120,8 +120,10 @@ def main() -> None:
     metrics["prefix_ttft_speedup"] = metrics["prefix_miss_ttft_ms"] / metrics["prefix_hit_ttft_ms"]
     # The token budget trades prefill speed for decode latency: the headline figures are for
     # HEADLINE_BUDGET; the others show the trade.
+    samples = {}
     for budget in BUDGETS:
         without, with_prefill = itl_with_and_without_long_prefill(model_dir, vocab, budget)
+        samples[f"budget{budget}"] = {"without": without, "with_long_prefill": with_prefill}
         sfx = "" if budget == HEADLINE_BUDGET else f"_budget{budget}"
         metrics.update({
             f"itl_p50_ms_without{sfx}": pct(without, 50), f"itl_p99_ms_without{sfx}": pct(without, 99),
@@ -137,7 +139,8 @@ def main() -> None:
               "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "model": args.size,
               "notes": f"engine in-process (no server); chunked-prefill part: max_num_batched_tokens="
                        f"{HEADLINE_BUDGET} (headline) and {BUDGETS} (suffix _budgetN)",
-              "metrics": metrics}
+              "metrics": metrics,
+              "itl_samples_ms": samples}   # every gap, in order: where the tail comes from
     (out / "scheduler.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

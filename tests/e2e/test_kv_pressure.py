@@ -20,8 +20,10 @@ PROMPTS = [f"Request number {i}: tell me a story about the number {i * 7}" for i
 @pytest.fixture(scope="module")
 def small_cache_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("pressure")
+    # Asynchronous scheduling (the GPU default; off by default on the CPU) on: preemption while
+    # tokens are in flight, through the real server.
     repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks=str(NUM_BLOCKS), max_num_seqs="16",
-                                  max_model_len="1024", max_waiting_requests="64")
+                                  max_model_len="1024", max_waiting_requests="64", async_scheduling="true")
     srv = start_server(tmp, repo, tiny_model_dir)
     yield srv
     stop_server(srv)

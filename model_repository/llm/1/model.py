@@ -54,7 +54,10 @@ def _engine_config(model_config: dict, args: dict) -> EngineConfig:
         if text.strip() == "":
             continue  # empty = keep the default
         current = getattr(cfg, key)
-        kind = type(current) if current is not None else int
+        if current is not None:
+            kind = type(current)
+        else:   # an optional field: its annotation says which ("int | None", "bool | None")
+            kind = bool if str(EngineConfig.__dataclass_fields__[key].type).startswith("bool") else int
         try:
             if kind is bool:
                 value = {"true": True, "false": False}[text.strip().lower()]
