@@ -10,6 +10,12 @@ second would otherwise stall the GPU. When delivery falls behind, consecutive ou
 request are merged into one (text and tokens concatenated), so a loaded server sends fewer, larger
 stream chunks instead of queueing without bound. Each request's last output has `finished=True`.
 
+Both threads share one GIL. A delivery thread that always has work (hundreds of streams) would take
+it half the time and halve the engine's step rate, so delivery rests after each round for long
+enough to stay under DELIVERY_MAX_BUSY of the time; outputs that arrive meanwhile are merged. A
+lightly loaded server is not affected: a round of one or two sends is followed by a rest far
+shorter than a step.
+
 A callback that raises aborts only its own request. If a step itself fails (a bug, the GPU), every
 in-flight request gets an error output and the loop stops, reporting `healthy == False`, instead of
 hanging.
@@ -17,6 +23,7 @@ hanging.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -31,6 +38,12 @@ from engine.sequence import RequestOutput
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[RequestOutput], None]
+
+
+# Share of wall time the delivery thread may spend sending; LLM_DELIVERY_MAX_BUSY=1 turns the rests
+# off (for side-by-side benchmarks).
+DELIVERY_MAX_BUSY = float(os.environ.get("LLM_DELIVERY_MAX_BUSY", "0.3"))
+DELIVERY_MAX_REST_S = 0.02
 
 
 class EngineDead(RuntimeError):
@@ -207,22 +220,30 @@ class EngineLoop:
                     merged[key][1] = merge_outputs(merged[key][1], out)
                 else:
                     merged[key] = [cb, out]
-            for (rid, _), (cb, out) in merged.items():
-                if rid in dead:
-                    if out.finished:
-                        dead.discard(rid)
-                    continue
-                try:
-                    cb(out)
-                    # Hand the GIL to the engine thread if it is waiting: a receiver that does
-                    # blocking IPC while holding the GIL (Triton's response sender) would
-                    # otherwise delay the next engine step by up to the switch interval per send.
-                    time.sleep(0)
-                except Exception:
-                    log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
-                    if not out.finished:
-                        dead.add(rid)
-                        self.abort(rid)  # the receiver is gone: free the request's blocks now
+            started = time.perf_counter()
+            self._deliver_round(merged, dead)
+            busy = time.perf_counter() - started
+            # Rest (without the GIL) so that sending stays under DELIVERY_MAX_BUSY of the time;
+            # bounded, so that a slow receiver does not hold back everyone's next outputs.
+            time.sleep(min(busy * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
+
+    def _deliver_round(self, merged: dict, dead: set[str]) -> None:
+        for (rid, _), (cb, out) in merged.items():
+            if rid in dead:
+                if out.finished:
+                    dead.discard(rid)
+                continue
+            try:
+                cb(out)
+                # Hand the GIL to the engine thread if it is waiting: a receiver that does
+                # blocking IPC while holding the GIL (Triton's response sender) would
+                # otherwise delay the next engine step by up to the switch interval per send.
+                time.sleep(0)
+            except Exception:
+                log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
+                if not out.finished:
+                    dead.add(rid)
+                    self.abort(rid)  # the receiver is gone: free the request's blocks now
 
 
 __all__ = ["EngineLoop", "EngineDead", "QueueFull", "merge_outputs"]
