@@ -31,6 +31,9 @@ class StepInputs:
     # Host-side bound on context_lens for the attention kernel's launch choices (None: the block
     # table's width). CUDA graph and eager runs of a step pass the same, so they run the same kernels.
     max_context_len: int | None = None
+    # Split-KV count for the attention kernel (None: its own heuristic); set by long-context
+    # step shapes (step_shapes.py) so a chunk over a long context spreads over the SMs.
+    num_kv_splits: int | None = None
 
 
 class LlamaModel:
@@ -76,5 +79,5 @@ class LlamaModel:
         q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
         o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
                                      x.cu_seqlens_q, x.max_seqlen_q, self.scale,
-                                     max_context_len=x.max_context_len)
+                                     max_context_len=x.max_context_len, num_splits=x.num_kv_splits)
         return F.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

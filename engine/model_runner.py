@@ -47,7 +47,7 @@ class ModelRunner:
         max_blocks = -(-max_model_len // self.block_size)
         self.max_context_len = max_blocks * self.block_size
         if self.device.type == "cuda":
-            self.buckets = ShapeBuckets(config.max_num_seqs, config.max_num_batched_tokens)
+            self.buckets = ShapeBuckets(config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
             shapes = self.buckets.all_shapes()
             # Where each step's packed inputs land (step_shapes layout); the graphs read from it.
             # (+2 per sequence: the indices that fill in tokens still in flight, see prepare)
@@ -172,7 +172,10 @@ class ModelRunner:
         Only queues device work. prev_tokens: the previous step's sampled tokens on the device,
         for sequences whose last token the host has not read yet."""
         num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
-        shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q) if self.buckets else None
+        shape = None
+        if self.buckets:
+            max_context = max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
+            shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
         packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
         if self.graphs is not None and shape in self.graphs:
             logits = self.graphs.replay(shape, width)

@@ -5,6 +5,12 @@ per sequence) to a batch-size bucket, every other step (prefill chunks, mixed pr
 a token-count bucket. The eager path pads to the same buckets, so the matmuls see the same shapes
 with graphs on or off and greedy outputs stay identical either way.
 
+A prefill chunk over a long cached context (chunked prefill of a long prompt, a prefix-cache hit)
+has few query tiles, each streaming thousands of cached tokens: on the plain grid a few dozen
+programs run long while most SMs idle, and the decodes sharing the step wait for them. Such steps
+get a long-context variant of their mixed shape, whose attention splits every tile's KV range
+(`kv_splits`), picked when the step's longest context reaches LONG_CONTEXT tokens.
+
 Padding is inert: padding tokens belong to no sequence (their K/V slot is -1, never written),
 padding sequences have no query tokens and an empty context, and padding sampling rows read row 0.
 
@@ -29,6 +35,7 @@ class StepShape:
     num_tokens: int   # T, padded
     num_seqs: int     # S, padded
     decode: bool      # one query token per sequence
+    kv_splits: int = 0   # > 1: attention splits each tile's KV range this many ways (long context)
 
     @property
     def max_seqlen_q(self) -> int:
@@ -58,7 +65,8 @@ def step_inputs(packed: torch.Tensor, shape: StepShape, block_tables: torch.Tens
         input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
         block_tables=block_tables, context_lens=v["context_lens"].to(torch.int32),
         cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32), max_seqlen_q=shape.max_seqlen_q,
-        logits_indices=v["logits_indices"], max_context_len=max_context_len)
+        logits_indices=v["logits_indices"], max_context_len=max_context_len,
+        num_kv_splits=shape.kv_splits or None)
 
 
 def decode_buckets(max_batch: int) -> list[int]:
@@ -80,15 +88,20 @@ class ShapeBuckets:
     Prefill/mixed steps are bucketed by token count and, within that, by sequence count: each
     padding sequence still costs the attention kernel a program per KV head (it exits at once,
     but after a search), so a 256-token chunk beside 32 decodes must not pay for 256 sequences.
+    Mixed steps of up to LONG_CONTEXT_MAX_TOKENS tokens also get a long-context variant.
     """
 
     MAX_DECODE_BATCH = 256      # larger decode batches are padded as mixed steps
     MIXED_SEQ_BUCKETS = (16, 64, 256)
+    LONG_CONTEXT = 2048         # longest context in the step from which KV splits pay off
+    LONG_CONTEXT_MAX_TOKENS = 1024   # larger steps have enough query tiles to fill the GPU
+    LONG_CONTEXT_SPLITS = 8     # each split >= LONG_CONTEXT / 8 = 256 tokens
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int = 0):
         self.max_num_seqs = max_num_seqs
         self.decode = decode_buckets(min(max_num_seqs, self.MAX_DECODE_BATCH))
         self.tokens = token_buckets(max(max_num_batched_tokens, max_num_seqs))
+        self.long_context = max_model_len > self.LONG_CONTEXT
 
     def mixed_seq_buckets(self, num_tokens: int) -> list[int]:
         """Sequence counts for a token bucket; the last one, min(tokens, max_num_seqs), holds any
@@ -97,14 +110,19 @@ class ShapeBuckets:
         return sorted({min(s, most) for s in self.MIXED_SEQ_BUCKETS} | {most})
 
     def all_shapes(self) -> list[StepShape]:
-        return ([StepShape(b, b, True) for b in self.decode]
-                + [StepShape(t, s, False) for t in self.tokens for s in self.mixed_seq_buckets(t)])
+        mixed = [StepShape(t, s, False) for t in self.tokens for s in self.mixed_seq_buckets(t)]
+        if self.long_context:
+            mixed += [StepShape(m.num_tokens, m.num_seqs, False, self.LONG_CONTEXT_SPLITS) for m in mixed
+                      if m.num_tokens <= self.LONG_CONTEXT_MAX_TOKENS]
+        return [StepShape(b, b, True) for b in self.decode] + mixed
 
-    def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> StepShape | None:
+    def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_context: int = 0) -> StepShape | None:
         if max_seqlen_q == 1 and num_seqs <= self.decode[-1]:
             b = next(b for b in self.decode if b >= num_seqs)
             return StepShape(b, b, True)
         if num_tokens <= self.tokens[-1] and num_seqs <= self.max_num_seqs:
             t = next(t for t in self.tokens if t >= num_tokens)
-            return StepShape(t, next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs), False)
+            splits = (self.LONG_CONTEXT_SPLITS if self.long_context and max_context >= self.LONG_CONTEXT
+                      and t <= self.LONG_CONTEXT_MAX_TOKENS else 0)
+            return StepShape(t, next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs), False, splits)
         return None

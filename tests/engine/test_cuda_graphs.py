@@ -30,3 +30,26 @@ def test_graphs_on_and_off_give_identical_greedy_tokens(tiny_model_dir, dtype):
         del engine
         torch.cuda.empty_cache()
     assert results[False] == results[True]
+
+
+@needs_gpu
+def test_long_context_shapes_split_the_kv_range_without_changing_tokens(tiny_model_dir, monkeypatch):
+    """Long-context mixed shapes (KV splits) replayed from graphs give the eager run's tokens and
+    the unsplit run's (fp32). The threshold is lowered so the tiny model's prompts reach it."""
+    from engine.step_shapes import ShapeBuckets
+    prompt = "The quick brown fox jumps over the lazy dog. " * 12
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    results = {}
+    for name, threshold, eager in (("unsplit", 10**9, False), ("graphs", 64, False), ("eager", 64, True)):
+        monkeypatch.setattr(ShapeBuckets, "LONG_CONTEXT", threshold)
+        engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda", dtype="float32",
+                                        enforce_eager=eager, max_num_seqs=8, max_num_batched_tokens=32,
+                                        num_kv_blocks=512))
+        picked = []
+        pick = engine.runner.buckets.pick
+        engine.runner.buckets.pick = lambda *a: picked.append(pick(*a)) or picked[-1]
+        results[name] = [c.token_ids for c in engine.generate([prompt] + PROMPTS, params)]
+        assert any(s is not None and s.kv_splits for s in picked) == (threshold < 10**9)
+        del engine
+        torch.cuda.empty_cache()
+    assert results["graphs"] == results["eager"] == results["unsplit"]

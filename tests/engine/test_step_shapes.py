@@ -27,9 +27,9 @@ def test_buckets_cover_every_size():
         assert all(nxt - cur <= 256 for cur, nxt in zip(t, t[1:]) if cur >= 512)
 
 
-@pytest.mark.parametrize("max_seqs,max_tokens", [(8, 64), (256, 8192), (300, 1000)])
-def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens):
-    buckets = ShapeBuckets(max_seqs, max_tokens)
+@pytest.mark.parametrize("max_seqs,max_tokens,max_model_len", [(8, 64, 512), (256, 8192, 16384), (300, 1000, 4096)])
+def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens, max_model_len):
+    buckets = ShapeBuckets(max_seqs, max_tokens, max_model_len)
     shapes = set(buckets.all_shapes())
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
@@ -38,7 +38,8 @@ def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens):
         if torch.rand(1, generator=g) < 0.5:
             qlens = [1] * seqs
         tokens, max_q = sum(qlens), max(qlens)
-        shape = buckets.pick(tokens, seqs, max_q)
+        max_context = int(torch.randint(max_q, max_model_len + 1, (1,), generator=g))
+        shape = buckets.pick(tokens, seqs, max_q, max_context)
         if tokens > max(max_tokens, max_seqs):
             assert shape is None or shape.decode
         if shape is None:
@@ -48,6 +49,11 @@ def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens):
         assert shape.decode == (max_q == 1 and seqs <= ShapeBuckets.MAX_DECODE_BATCH)
         if not shape.decode:   # padding sequences cost attention programs: at most 4x (or 16)
             assert shape.num_seqs <= max(16, 4 * seqs)
+        # long contexts split the KV range of mixed steps small enough to leave SMs idle
+        long = (not shape.decode and max_context >= ShapeBuckets.LONG_CONTEXT
+                and shape.num_tokens <= ShapeBuckets.LONG_CONTEXT_MAX_TOKENS)
+        assert shape.kv_splits == (ShapeBuckets.LONG_CONTEXT_SPLITS if long else 0)
+    assert any(s.kv_splits for s in shapes) == (max_model_len > ShapeBuckets.LONG_CONTEXT)
 
 
 def test_layout_slices_tile_the_head():
