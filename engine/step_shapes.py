@@ -95,7 +95,10 @@ class ShapeBuckets:
     MIXED_SEQ_BUCKETS = (16, 64, 256)
     LONG_CONTEXT = 2048         # longest context in the step from which KV splits pay off
     LONG_CONTEXT_MAX_TOKENS = 1024   # larger steps have enough query tiles to fill the GPU
-    LONG_CONTEXT_SPLITS = 8     # each split >= LONG_CONTEXT / 8 = 256 tokens
+    # H100, 1B shape, 32 decodes + a 224-token chunk over up to 8k context: p99 step 3.98 ms with 4
+    # splits, 4.30 with 8, ~5.9 with 16, 4.6 unsplit (perf/results/2026-11-23-h100/async/splits/):
+    # every split adds programs and partial results for the whole padded step, not only the chunk.
+    LONG_CONTEXT_SPLITS = 4
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int = 0):
         self.max_num_seqs = max_num_seqs
