@@ -64,8 +64,11 @@ def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, deliver_batch: Callable[[list[RequestOutput]], None] | None = None):
+        """deliver_batch: if given, each delivery round's (merged) outputs go to it in one call
+        instead of to the per-request callbacks (engine/remote.py sends them as one message)."""
         self.engine = engine
+        self.deliver_batch = deliver_batch
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._new: deque[tuple[str, list[int], SamplingParams, OutputCallback]] = deque()
@@ -221,6 +224,12 @@ class EngineLoop:
                 else:
                     merged[key] = [cb, out]
             started = time.perf_counter()
+            if self.deliver_batch is not None:
+                try:
+                    self.deliver_batch([out for _, out in merged.values()])
+                except Exception:
+                    log.error("output delivery failed:\n%s", traceback.format_exc())
+                continue
             self._deliver_round(merged, dead)
             busy = time.perf_counter() - started
             # Rest (without the GIL) so that sending stays under DELIVERY_MAX_BUSY of the time;

@@ -20,10 +20,12 @@ PROMPTS = [f"Request number {i}: tell me a story about the number {i * 7}" for i
 @pytest.fixture(scope="module")
 def small_cache_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("pressure")
-    # Asynchronous scheduling (the GPU default; off by default on the CPU) on: preemption while
-    # tokens are in flight, through the real server.
+    # The GPU defaults, off by default on the CPU, on here: asynchronous scheduling (preemption while
+    # tokens are in flight) and the engine in its own process (engine/remote.py: outputs, errors,
+    # the queue bound and the metrics' engine gauges all cross the process boundary).
     repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks=str(NUM_BLOCKS), max_num_seqs="16",
-                                  max_model_len="1024", max_waiting_requests="64", async_scheduling="true")
+                                  max_model_len="1024", max_waiting_requests="64", async_scheduling="true",
+                                  engine_process="true")
     srv = start_server(tmp, repo, tiny_model_dir)
     yield srv
     stop_server(srv)
@@ -51,10 +53,11 @@ def test_request_larger_than_the_whole_cache_is_refused(small_cache_server):
     assert "max_tokens" in info.value.message and "KV cache" in info.value.message
 
 
-def test_full_waiting_queue_answers_unavailable(tmp_path_factory, tiny_model_dir):
+@pytest.mark.parametrize("engine_process", ["false", "true"])
+def test_full_waiting_queue_answers_unavailable(tmp_path_factory, tiny_model_dir, engine_process):
     tmp = tmp_path_factory.mktemp("queue")
     repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks="64", max_num_seqs="1",
-                                  max_waiting_requests="2")
+                                  max_waiting_requests="2", engine_process=engine_process)
     srv = start_server(tmp, repo, tiny_model_dir)
     try:
         def run(i):

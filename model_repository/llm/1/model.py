@@ -29,6 +29,8 @@ from triton_metrics import LLMMetrics  # noqa: E402
 
 from engine import (EngineConfig, EngineDead, EngineLoop, InvalidRequest, LLMEngine, QueueFull,
                     SamplingParams)
+from engine.faults import inject_engine_fault
+from engine.remote import RemoteEngineLoop
 from engine.sequence import RequestOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -222,22 +224,30 @@ class TritonPythonModel:
         # switch interval would let a busy delivery thread delay engine steps by that much.
         sys.setswitchinterval(0.0005)
         self.config = _engine_config(model_config, args)
-        self.engine = LLMEngine(self.config)
-        self.max_prompt_bytes = 32 * self.engine.max_model_len + 1024
-        self.faults = _fault_injection(os.environ.get("LLM_FAULT_INJECTION", ""))
-        if "fail_engine_after_steps" in self.faults:
-            self._inject_engine_fault(int(self.faults["fail_engine_after_steps"]))
-        self.loop = EngineLoop(self.engine).start()
+        fault_spec = os.environ.get("LLM_FAULT_INJECTION", "")
+        self.faults = _fault_injection(fault_spec)
+        if self.config.runs_in_own_process:
+            # The engine gets its own process (and GIL): see engine/remote.py.
+            self.loop = RemoteEngineLoop(self.config).start()
+            engine_stats, num_blocks, max_model_len = self.loop, self.loop.info["num_blocks"], \
+                self.loop.info["max_model_len"]
+        else:
+            engine = LLMEngine(self.config)
+            inject_engine_fault(engine, fault_spec)
+            self.loop = EngineLoop(engine).start()
+            engine_stats, num_blocks, max_model_len = engine, engine.runner.num_blocks, engine.max_model_len
+        self.max_prompt_bytes = 32 * max_model_len + 1024
         drain_file = os.environ.get("LLM_DRAIN_FILE")
         if drain_file:  # set by tools/serve.py, which creates the file on SIGTERM
             grace = float(os.environ.get("LLM_DRAIN_GRACE_S", "20"))
             threading.Thread(target=self._drain_when_told, args=(Path(drain_file), grace),
                              name="llm-drain-watch", daemon=True).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
-                                  args["model_instance_name"], self.engine, healthy=lambda: self.loop.healthy)
+                                  args["model_instance_name"], engine_stats, healthy=lambda: self.loop.healthy)
+        where = "its own process" if self.config.runs_in_own_process else "the stub process"
         pb_utils.Logger.log_info(
-            f"llm: {self.config.model_dir} on {self.config.device}, {self.engine.runner.num_blocks} KV "
-            f"blocks of {self.config.block_size} tokens, max_model_len {self.engine.max_model_len}")
+            f"llm: {self.config.model_dir} on {self.config.device} ({where}), {num_blocks} KV "
+            f"blocks of {self.config.block_size} tokens, max_model_len {max_model_len}")
 
     def _drain_when_told(self, drain_file: Path, grace_s: float) -> None:
         """Triton tells a model nothing until its exit timeout has passed (and 2.51 then crashes if
@@ -246,16 +256,6 @@ class TritonPythonModel:
             time.sleep(0.1)
         pb_utils.Logger.log_info(f"llm: server shutting down; finishing in-flight requests for up to {grace_s}s")
         self.loop.drain(grace_s)
-
-    def _inject_engine_fault(self, steps: int) -> None:
-        real_step, done = self.engine.step, [0]
-
-        def step():
-            done[0] += 1
-            if done[0] > steps:
-                raise RuntimeError(f"injected engine fault after {steps} steps (LLM_FAULT_INJECTION)")
-            return real_step()
-        self.engine.step = step
 
     def execute(self, requests):
         for request in requests:

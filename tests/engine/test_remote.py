@@ -1,0 +1,117 @@
+"""RemoteEngineLoop: the engine in its own process, behind EngineLoop's interface.
+
+Same contract as tests/engine/test_loop.py, across a real child process (`python3 -m engine.remote`
+over a local socket): outputs equal the in-process engine's, submit raises the same errors, aborts
+and shutdown end requests, and when the child process dies (killed, or a fatal step) every request
+in flight gets an error output and the loop reports unhealthy.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from engine import EngineConfig, EngineDead, InvalidRequest, QueueFull, SamplingParams
+from engine.remote import RemoteEngineLoop
+from engine_testing import PROMPTS, make_engine, run_requests
+from test_loop import Collector, wait_for
+
+
+@pytest.fixture
+def gqa(checkpoint):
+    return checkpoint("gqa")
+
+
+@pytest.fixture
+def remote():
+    started = []
+
+    def start(model_dir, **kw):
+        kw.setdefault("device", "cpu")
+        kw.setdefault("num_kv_blocks", 256)
+        kw.setdefault("max_model_len", 512)
+        loop = RemoteEngineLoop(EngineConfig(model_dir=str(model_dir), **kw), start_timeout=120).start()
+        started.append(loop)
+        return loop
+
+    yield start
+    for loop in started:
+        loop.shutdown(10.0)
+        assert loop._proc.poll() is not None, "the engine process outlived shutdown"
+
+
+def greedy(n):
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+
+
+def test_outputs_equal_the_in_process_engine(gqa, remote):
+    expected = run_requests(make_engine(gqa), PROMPTS, greedy(20))
+    loop = remote(gqa)
+    assert loop.info["num_blocks"] == 256 and loop.info["max_model_len"] == 512
+    col = Collector()
+    for i, p in enumerate(PROMPTS):
+        n = loop.submit(f"r{i}", p, greedy(20), col.callback(f"r{i}"))
+        assert n == len(make_engine(gqa).tokenize(p))
+    col.wait([f"r{i}" for i in range(len(PROMPTS))])
+    assert [col.result(f"r{i}") for i in range(len(PROMPTS))] == expected
+    assert "llm-remote-receiver" in col.threads
+    wait_for(lambda: loop.stats().kv_blocks_used == 0 and loop.num_in_flight == 0)
+
+
+def test_submit_raises_what_engine_loop_raises(gqa, remote):
+    loop = remote(gqa, max_num_seqs=1, max_waiting_requests=1)
+    with pytest.raises(InvalidRequest) as info:
+        loop.submit("empty", [], greedy(4), lambda out: None)
+    assert info.value.field == "text_input"
+    with pytest.raises(InvalidRequest) as info:
+        loop.submit("long", PROMPTS[0], greedy(10_000), lambda out: None)
+    assert info.value.field == "max_tokens"
+    col = Collector()
+    loop.submit("a", PROMPTS[0], greedy(200), col.callback("a"))
+    col.wait_first(["a"])                       # a runs; the queue (bound 1) is empty
+    loop.submit("b", PROMPTS[1], greedy(5), col.callback("b"))   # waits behind a
+    with pytest.raises(QueueFull):
+        loop.submit("c", PROMPTS[2], greedy(5), lambda out: None)
+    loop.abort("a")
+    col.wait(["a", "b"])
+    assert col.outs["a"][-1].finish_reason == "abort"
+    assert col.result("b")[2] == "length"
+
+
+def test_killed_engine_process_fails_requests_in_flight(gqa, remote):
+    loop = remote(gqa)
+    col = Collector()
+    loop.submit("a", PROMPTS[0], greedy(400), col.callback("a"))
+    col.wait_first(["a"])
+    os.kill(loop._proc.pid, signal.SIGKILL)
+    col.wait(["a"])
+    last = col.outs["a"][-1]
+    assert last.finished and last.finish_reason == "error" and "engine process exited" in last.error
+    wait_for(lambda: not loop.healthy)
+    with pytest.raises(EngineDead):
+        loop.submit("b", PROMPTS[1], greedy(4), lambda out: None)
+
+
+def test_fatal_step_in_the_engine_process(gqa, remote, monkeypatch):
+    monkeypatch.setenv("LLM_FAULT_INJECTION", "fail_engine_after_steps=3")
+    loop = remote(gqa)
+    col = Collector()
+    for rid, p in (("a", PROMPTS[0]), ("b", PROMPTS[1])):
+        loop.submit(rid, p, greedy(100), col.callback(rid))
+    col.wait(["a", "b"])
+    for rid in ("a", "b"):
+        last = col.outs[rid][-1]
+        assert last.finish_reason == "error" and "injected engine fault" in last.error
+    wait_for(lambda: not loop.healthy)
+
+
+def test_shutdown_aborts_requests_in_flight(gqa, remote):
+    loop = remote(gqa)
+    col = Collector()
+    loop.submit("a", PROMPTS[0], greedy(400), col.callback("a"))
+    col.wait_first(["a"])
+    loop.shutdown(10.0)
+    col.wait(["a"])
+    assert col.outs["a"][-1].finish_reason == "abort"
+    assert not loop.healthy
