@@ -386,12 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", type=int, default=1,
                     help="model instances sharing the one device (each its own engine and memory share)")
     ap.add_argument("--skip", default="", help="phases to leave out: offline,perf_analyzer,hf")
+    ap.add_argument("--server-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config.pbtxt parameter for the served model, e.g. engine_process=false")
     args = ap.parse_args(argv)
     plan = dict(SMOKE if args.smoke else FULL)
     if args.shapes:
         plan["shapes"] = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     plan["skip"] = [s for s in args.skip.split(",") if s]
     plan["instances"] = args.instances
+    if args.server_param:
+        plan["server_params"] = dict(plan["server_params"], **dict(p.split("=", 1) for p in args.server_param))
     if args.concurrency:
         plan["concurrency"] = [int(c) for c in args.concurrency.split(",")]
     if args.point_seconds:
