@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config import EngineConfig
-from engine.engine import EngineStats
+from engine.engine import EngineStats, load_tokenizer
 from engine.loop import EngineDead, EngineLoop, merge_outputs
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
@@ -65,6 +65,7 @@ class RemoteEngineLoop:
         self._stopping = False
         self._conn = None
         self._proc: subprocess.Popen | None = None
+        self._tokenizer = load_tokenizer(config.model_dir)   # the engine's own (LLMEngine.tokenize)
         self._receiver = threading.Thread(target=self._receive_loop, name="llm-remote-receiver", daemon=True)
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -124,6 +125,8 @@ class RemoteEngineLoop:
                on_output: OutputCallback) -> int:
         if not self.healthy:
             raise EngineDead(self.fatal_error or "the engine is shutting down")
+        if isinstance(prompt, str):   # here, not in the busy child: its GIL belongs to the engine
+            prompt = self._tokenizer.encode(prompt, add_special_tokens=True).ids
         waiter = [threading.Event(), None]
         with self._lock:
             self._replies[request_id] = waiter
@@ -269,6 +272,10 @@ def _child_main() -> None:
         with send_lock:
             conn.send(message)
 
+    # Three threads share this process's GIL: the engine's, its delivery's and this one, which
+    # answers submits. At the default 5 ms switch interval each submit waited ~5 ms per GIL
+    # hand-over behind the busy engine thread (~30 ms a request, throttling admission).
+    sys.setswitchinterval(0.0005)
     _, config = conn.recv()
     try:
         from engine.engine import LLMEngine

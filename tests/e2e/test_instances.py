@@ -40,7 +40,7 @@ def test_two_instances_initialize_each_with_its_own_engine(two_instance_server):
     for name in instance_names():
         assert f"TRITONBACKEND_ModelInstanceInitialize: {name} (CPU device 0)" in log, name
         assert f"TRITONBACKEND_ModelInstanceInitialize: instance initialization successful {name}" in log, name
-    engines = re.findall(r"llm: \S+ on cpu, (\d+) KV blocks of 16 tokens", log)
+    engines = re.findall(r"llm: \S+ on cpu \(the stub process\), (\d+) KV blocks of 16 tokens", log)
     assert engines == [str(NUM_KV_BLOCKS)] * INSTANCES, engines
 
 
