@@ -66,7 +66,14 @@ class RemoteEngineLoop:
         self._conn = None
         self._proc: subprocess.Popen | None = None
         self._tokenizer = load_tokenizer(config.model_dir)   # the engine's own (LLMEngine.tokenize)
+        # Two threads: the receiver answers submits at once; the delivery thread makes the (slow)
+        # response sends, merging rounds that queued up meanwhile. One thread for both made each
+        # submit wait behind a whole round of sends and throttled admission.
         self._receiver = threading.Thread(target=self._receive_loop, name="llm-remote-receiver", daemon=True)
+        self._delivery = threading.Thread(target=self._delivery_loop, name="llm-remote-delivery", daemon=True)
+        self._outbox: list[RequestOutput] = []
+        self._outbox_ready = threading.Condition()
+        self._receiver_done = False
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "RemoteEngineLoop":
@@ -103,6 +110,7 @@ class RemoteEngineLoop:
                 self._proc.wait(30)
                 raise RuntimeError(f"engine process failed to start: {payload}")
         self._receiver.start()
+        self._delivery.start()
         return self
 
     @property
@@ -164,6 +172,7 @@ class RemoteEngineLoop:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._receiver.join(timeout)
+        self._delivery.join(timeout)
 
     # ----- plumbing ------------------------------------------------------------------------------
     def _send(self, message) -> None:
@@ -184,44 +193,64 @@ class RemoteEngineLoop:
     def _receive_loop(self) -> None:
         try:
             while True:
-                messages = [self._conn.recv()]
-                while self._conn.poll(0):   # take whatever queued up: merged below
-                    messages.append(self._conn.recv())
-                outputs = []
-                for kind, payload in messages:
-                    if kind == "submitted":
-                        rid, reply = payload
-                        with self._lock:
-                            waiter = self._replies.pop(rid, None)
-                        if waiter is not None:
-                            waiter[1] = reply
-                            waiter[0].set()
-                    elif kind == "outputs":
-                        outs, self._stats = payload
-                        outputs += outs
-                    elif kind == "fatal":
-                        self.fatal_error = payload
-                    elif kind == "bye":
-                        self._deliver(outputs)
-                        return
-                self._deliver(outputs)
+                kind, payload = self._conn.recv()
+                if kind == "submitted":
+                    rid, reply = payload
+                    with self._lock:
+                        waiter = self._replies.pop(rid, None)
+                    if waiter is not None:
+                        waiter[1] = reply
+                        waiter[0].set()
+                elif kind == "outputs":
+                    outs, self._stats = payload
+                    self._post(outs)
+                elif kind == "fatal":
+                    self.fatal_error = payload
+                elif kind == "bye":
+                    return
         except (EOFError, OSError):
             pass
         except Exception:
             log.error("engine receiver failed:\n%s", traceback.format_exc())
-        # The child is gone (crash, kill, shutdown): nothing more will come for what is in flight.
+        finally:
+            self._end_of_outputs()
+
+    def _end_of_outputs(self) -> None:
+        """The child sends nothing more (bye, crash, kill): fail what is still in flight."""
         if not self._stopping and self.fatal_error is None:
             code = self._proc.poll() if self._proc else None
             self.fatal_error = f"the engine process exited unexpectedly (exit code {code})"
         message = self.fatal_error or "the engine is shutting down"
         with self._lock:
-            pending = list(self._callbacks.items())
-            self._callbacks.clear()
             waiters = list(self._replies.values())
             self._replies.clear()
         for waiter in waiters:
             waiter[1] = (False, ("EngineDead", message))
             waiter[0].set()
+        with self._outbox_ready:
+            self._receiver_done = True
+            self._outbox_ready.notify()
+
+    def _post(self, outs: list[RequestOutput]) -> None:
+        with self._outbox_ready:
+            self._outbox.extend(outs)
+            self._outbox_ready.notify()
+
+    def _delivery_loop(self) -> None:
+        while True:
+            with self._outbox_ready:
+                while not self._outbox and not self._receiver_done:
+                    self._outbox_ready.wait()
+                outputs, self._outbox = self._outbox, []
+                done = self._receiver_done
+            self._deliver(outputs)
+            if done and not outputs:
+                break
+        # Requests the child never finished (it died): an error each.
+        message = self.fatal_error or "the engine is shutting down"
+        with self._lock:
+            pending = list(self._callbacks.items())
+            self._callbacks.clear()
         self._deliver_to([(cb, RequestOutput(rid, "", [], True, "error", error=message)) for rid, cb in pending])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
