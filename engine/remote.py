@@ -8,6 +8,8 @@ process with its own GIL; each delivery round of outputs crosses a local socket 
 message, and the stub process only sends responses.
 
     loop = RemoteEngineLoop(config).start()     # spawns `python3 -m engine.remote`, waits for ready
+
+Used by the Triton adapter when the config parameter engine_process is true (off by default).
     n = loop.submit("r1", "Once upon a time", SamplingParams(), on_output)
     loop.abort("r1"); loop.drain(20.0); loop.shutdown()
 
@@ -223,6 +225,8 @@ class RemoteEngineLoop:
         message = self.fatal_error or "the engine is shutting down"
         with self._lock:
             waiters = list(self._replies.values())
+            for rid in self._replies:   # their submit raises EngineDead: no error output as well
+                self._callbacks.pop(rid, None)
             self._replies.clear()
         for waiter in waiters:
             waiter[1] = (False, ("EngineDead", message))

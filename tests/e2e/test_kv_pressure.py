@@ -20,9 +20,9 @@ PROMPTS = [f"Request number {i}: tell me a story about the number {i * 7}" for i
 @pytest.fixture(scope="module")
 def small_cache_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("pressure")
-    # The GPU defaults, off by default on the CPU, on here: asynchronous scheduling (preemption while
-    # tokens are in flight) and the engine in its own process (engine/remote.py: outputs, errors,
-    # the queue bound and the metrics' engine gauges all cross the process boundary).
+    # On here though off by default on the CPU: asynchronous scheduling (the GPU default; preemption
+    # while tokens are in flight) and the engine in its own process (engine/remote.py: outputs,
+    # errors, the queue bound and the metrics' engine gauges all cross the process boundary).
     repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks=str(NUM_BLOCKS), max_num_seqs="16",
                                   max_model_len="1024", max_waiting_requests="64", async_scheduling="true",
                                   engine_process="true")

@@ -226,7 +226,7 @@ class TritonPythonModel:
         self.config = _engine_config(model_config, args)
         fault_spec = os.environ.get("LLM_FAULT_INJECTION", "")
         self.faults = _fault_injection(fault_spec)
-        if self.config.runs_in_own_process:
+        if self.config.engine_process:
             # The engine gets its own process (and GIL): see engine/remote.py.
             self.loop = RemoteEngineLoop(self.config).start()
             engine_stats, num_blocks, max_model_len = self.loop, self.loop.info["num_blocks"], \
@@ -244,7 +244,7 @@ class TritonPythonModel:
                              name="llm-drain-watch", daemon=True).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
                                   args["model_instance_name"], engine_stats, healthy=lambda: self.loop.healthy)
-        where = "its own process" if self.config.runs_in_own_process else "the stub process"
+        where = "its own process" if self.config.engine_process else "the stub process"
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device} ({where}), {num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {max_model_len}")
