@@ -70,6 +70,12 @@ def hf_model():
 
 
 @pytest.fixture
+def gqa(checkpoint):
+    """The default engine-test checkpoint: grouped-query attention."""
+    return checkpoint("gqa")
+
+
+@pytest.fixture
 def engine_factory():
     """engine_factory(model_dir, **EngineConfig fields). At teardown every engine it made must be
     idle with all KV blocks free and its books consistent."""

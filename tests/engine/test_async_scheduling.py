@@ -20,11 +20,6 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine_testing import PROMPTS, drive, joined, run_requests
 
 
-@pytest.fixture
-def gqa(checkpoint):
-    return checkpoint("gqa")
-
-
 def count_device_fills(engine):
     """How many steps read a token that was still in flight (prepare got prev_tokens and used it)."""
     calls = [0]

@@ -65,11 +65,6 @@ def wait_for(pred, timeout=TIMEOUT):
 
 
 @pytest.fixture
-def gqa(checkpoint):
-    return checkpoint("gqa")
-
-
-@pytest.fixture
 def loops():
     started = []
 

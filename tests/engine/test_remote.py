@@ -19,11 +19,6 @@ from test_loop import Collector, wait_for
 
 
 @pytest.fixture
-def gqa(checkpoint):
-    return checkpoint("gqa")
-
-
-@pytest.fixture
 def remote():
     started = []
 

@@ -32,11 +32,6 @@ def record_batches(engine):
 
 
 @pytest.fixture
-def gqa(checkpoint):
-    return checkpoint("gqa")
-
-
-@pytest.fixture
 def ids(gqa, engine_factory):
     tok = engine_factory(gqa).tokenize
     return [tok(p) for p in PROMPTS]
