@@ -13,8 +13,8 @@ stream chunks instead of queueing without bound. Each request's last output has 
 Both threads share one GIL. A delivery thread that always has work (hundreds of streams) would take
 it half the time and halve the engine's step rate, so delivery rests after each round for long
 enough to stay under DELIVERY_MAX_BUSY of the time; outputs that arrive meanwhile are merged. A
-lightly loaded server is not affected: a round of one or two sends is followed by a rest far
-shorter than a step.
+lightly loaded server is not affected: rounds shorter than DELIVERY_REST_AFTER_S (a few sends) get
+no rest, so each token still gets its own response.
 
 A callback that raises aborts only its own request. If a step itself fails (a bug, the GPU), every
 in-flight request gets an error output and the loop stops, reporting `healthy == False`, instead of
@@ -44,6 +44,7 @@ OutputCallback = Callable[[RequestOutput], None]
 # off (for side-by-side benchmarks).
 DELIVERY_MAX_BUSY = float(os.environ.get("LLM_DELIVERY_MAX_BUSY", "0.3"))
 DELIVERY_MAX_REST_S = 0.02
+DELIVERY_REST_AFTER_S = 0.002   # rounds shorter than this (a few sends) are not followed by a rest
 
 
 class EngineDead(RuntimeError):
@@ -233,8 +234,10 @@ class EngineLoop:
             self._deliver_round(merged, dead)
             busy = time.perf_counter() - started
             # Rest (without the GIL) so that sending stays under DELIVERY_MAX_BUSY of the time;
-            # bounded, so that a slow receiver does not hold back everyone's next outputs.
-            time.sleep(min(busy * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
+            # bounded, so that a slow receiver does not hold back everyone's next outputs. Only
+            # after a long round: a lightly loaded server keeps one response per token.
+            if busy >= DELIVERY_REST_AFTER_S:
+                time.sleep(min(busy * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
 
     def _deliver_round(self, merged: dict, dead: set[str]) -> None:
         for (rid, _), (cb, out) in merged.items():
