@@ -79,7 +79,8 @@ class RemoteEngineLoop:
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "RemoteEngineLoop":
-        address = os.path.join(tempfile.mkdtemp(prefix="llm-engine-"), "socket")
+        self._socket_dir = tempfile.mkdtemp(prefix="llm-engine-")
+        address = os.path.join(self._socket_dir, "socket")
         authkey = secrets.token_bytes(16)
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
         python = _python_executable()
@@ -175,6 +176,7 @@ class RemoteEngineLoop:
                 self._proc.kill()
         self._receiver.join(timeout)
         self._delivery.join(timeout)
+        shutil.rmtree(getattr(self, "_socket_dir", ""), ignore_errors=True)
 
     # ----- plumbing ------------------------------------------------------------------------------
     def _send(self, message) -> None:
