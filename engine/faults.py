@@ -1,15 +1,29 @@
-"""Test-only fault injection into a running engine, OFF unless LLM_FAULT_INJECTION asks for it.
-
-"fail_engine_after_steps=<N>" makes the engine's step raise (a fatal engine error, as a lost GPU
-would) after N steps. Used by tests/reliability/test_faults.py, in the Python backend's process or
-in the engine's own process (engine/remote.py) alike. The request-level faults of that variable are
-handled by the Triton adapter (model_repository/llm/1/model.py).
+"""Test-only fault injection, OFF unless the server's environment sets LLM_FAULT_INJECTION, e.g.
+"fail_request_with_prompt=<marker>;fail_response_with_prompt=<marker>;fail_engine_after_steps=<N>":
+a request whose prompt contains the marker fails while being submitted / while its second response
+is built (both in the Triton adapter, model_repository/llm/1/model.py); the engine's step raises (a
+fatal engine error, as a lost GPU would) after N steps, in the Python backend's process or in the
+engine's own process (engine/remote.py) alike. Used by tests/reliability/test_faults.py.
 """
 from __future__ import annotations
 
+import os
 
-def inject_engine_fault(engine, spec: str) -> None:
+KNOWN = {"fail_request_with_prompt", "fail_response_with_prompt", "fail_engine_after_steps"}
+
+
+def parse_faults(spec: str | None = None) -> dict[str, str]:
+    """The faults asked for (default: from LLM_FAULT_INJECTION); ValueError for an unknown one."""
+    if spec is None:
+        spec = os.environ.get("LLM_FAULT_INJECTION", "")
     faults = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
+    unknown = set(faults) - KNOWN
+    if unknown:
+        raise ValueError(f"LLM_FAULT_INJECTION: unknown fault(s) {sorted(unknown)}")
+    return faults
+
+
+def inject_engine_fault(engine, faults: dict[str, str]) -> None:
     if "fail_engine_after_steps" not in faults:
         return
     steps = int(faults["fail_engine_after_steps"])

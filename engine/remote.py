@@ -314,9 +314,9 @@ def _child_main() -> None:
     _, config = conn.recv()
     try:
         from engine.engine import LLMEngine
-        from engine.faults import inject_engine_fault
+        from engine.faults import inject_engine_fault, parse_faults
         engine = LLMEngine(config)
-        inject_engine_fault(engine, os.environ.get("LLM_FAULT_INJECTION", ""))
+        inject_engine_fault(engine, parse_faults())
     except Exception as e:
         send(("init_failed", f"{type(e).__name__}: {e}"))
         return

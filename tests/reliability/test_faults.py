@@ -4,8 +4,8 @@ at once, and llm_engine_healthy drops to 0.
 
 No natural per-request fault is left once the fuzz test's findings are fixed (a bad request is
 refused up front, and a response is built from text the tokenizer made), so these tests use the
-model's test-only hook: LLM_FAULT_INJECTION in the server's environment (model.py
-_fault_injection; off unless set). start_server passes the environment through.
+model's test-only hook: LLM_FAULT_INJECTION in the server's environment (parsed by
+engine/faults.py; off unless set). start_server passes the environment through.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from triton_metrics import LLMMetrics  # noqa: E402
 
 from engine import (EngineConfig, EngineDead, EngineLoop, InvalidRequest, LLMEngine, QueueFull,
                     SamplingParams)
-from engine.faults import inject_engine_fault
+from engine.faults import inject_engine_fault, parse_faults
 from engine.remote import RemoteEngineLoop
 from engine.sequence import RequestOutput
 
@@ -78,19 +78,6 @@ def _error(message: str, code) -> pb_utils.InferenceResponse:
     # the request with INVALID_ARG (tests/reliability/test_fuzz_server.py).
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
-
-
-def _fault_injection(spec: str) -> dict[str, str]:
-    """Test-only faults, OFF unless the server's environment sets LLM_FAULT_INJECTION, e.g.
-    "fail_request_with_prompt=<marker>;fail_response_with_prompt=<marker>;fail_engine_after_steps=<N>":
-    a request whose prompt contains the marker fails while being submitted / while its second
-    response is built; the engine's step raises (a fatal engine error) after N steps.
-    Used by tests/reliability/test_faults.py."""
-    faults = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
-    unknown = set(faults) - {"fail_request_with_prompt", "fail_response_with_prompt", "fail_engine_after_steps"}
-    if unknown:
-        raise pb_utils.TritonModelException(f"LLM_FAULT_INJECTION: unknown fault(s) {sorted(unknown)}")
-    return faults
 
 
 def _string_tensor(name: str, values: list[str]) -> pb_utils.Tensor:
@@ -224,8 +211,10 @@ class TritonPythonModel:
         # switch interval would let a busy delivery thread delay engine steps by that much.
         sys.setswitchinterval(0.0005)
         self.config = _engine_config(model_config, args)
-        fault_spec = os.environ.get("LLM_FAULT_INJECTION", "")
-        self.faults = _fault_injection(fault_spec)
+        try:   # test-only faults (engine/faults.py), off unless LLM_FAULT_INJECTION is set
+            self.faults = parse_faults()
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
         if self.config.engine_process:
             # The engine gets its own process (and GIL): see engine/remote.py.
             self.loop = RemoteEngineLoop(self.config).start()
@@ -233,7 +222,7 @@ class TritonPythonModel:
                 self.loop.info["max_model_len"]
         else:
             engine = LLMEngine(self.config)
-            inject_engine_fault(engine, fault_spec)
+            inject_engine_fault(engine, self.faults)
             self.loop = EngineLoop(engine).start()
             engine_stats, num_blocks, max_model_len = engine, engine.runner.num_blocks, engine.max_model_len
         self.max_prompt_bytes = 32 * max_model_len + 1024
