@@ -64,6 +64,29 @@ def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
         logprobs=logprobs, error=later.error)
 
 
+def deliver_outputs(items, dead: set[str], abort: Callable[[str], None]) -> None:
+    """Hand each (callback, output) pair to its callback. A callback that raises loses its request:
+    the request is aborted in the engine (its blocks freed) and its later outputs are dropped
+    (`dead` holds it until its final output has gone by)."""
+    for cb, out in items:
+        rid = out.request_id
+        if rid in dead:
+            if out.finished:
+                dead.discard(rid)
+            continue
+        try:
+            cb(out)
+            # Hand the GIL to the engine thread if it is waiting: a receiver that does blocking
+            # IPC while holding the GIL (Triton's response sender) would otherwise delay the next
+            # engine step by up to the switch interval per send.
+            time.sleep(0)
+        except Exception:
+            log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
+            if not out.finished:
+                dead.add(rid)
+                abort(rid)   # the receiver is gone: free the request's blocks now
+
+
 class EngineLoop:
     def __init__(self, engine: LLMEngine, deliver_batch: Callable[[list[RequestOutput]], None] | None = None):
         """deliver_batch: if given, each delivery round's (merged) outputs go to it in one call
@@ -231,7 +254,7 @@ class EngineLoop:
                 except Exception:
                     log.error("output delivery failed:\n%s", traceback.format_exc())
                 continue
-            self._deliver_round(merged, dead)
+            deliver_outputs(merged.values(), dead, self.abort)
             busy = time.perf_counter() - started
             # Rest (without the GIL) so that sending stays under DELIVERY_MAX_BUSY of the time;
             # bounded, so that a slow receiver does not hold back everyone's next outputs. Only
@@ -239,23 +262,4 @@ class EngineLoop:
             if busy >= DELIVERY_REST_AFTER_S:
                 time.sleep(min(busy * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
 
-    def _deliver_round(self, merged: dict, dead: set[str]) -> None:
-        for (rid, _), (cb, out) in merged.items():
-            if rid in dead:
-                if out.finished:
-                    dead.discard(rid)
-                continue
-            try:
-                cb(out)
-                # Hand the GIL to the engine thread if it is waiting: a receiver that does
-                # blocking IPC while holding the GIL (Triton's response sender) would
-                # otherwise delay the next engine step by up to the switch interval per send.
-                time.sleep(0)
-            except Exception:
-                log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
-                if not out.finished:
-                    dead.add(rid)
-                    self.abort(rid)  # the receiver is gone: free the request's blocks now
-
-
-__all__ = ["EngineLoop", "EngineDead", "QueueFull", "merge_outputs"]
+__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "merge_outputs"]

@@ -39,7 +39,7 @@ from typing import Callable
 
 from engine.config import EngineConfig
 from engine.engine import EngineStats, load_tokenizer
-from engine.loop import EngineDead, EngineLoop, merge_outputs
+from engine.loop import EngineDead, EngineLoop, deliver_outputs, merge_outputs
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
 from engine.sequence import RequestOutput
@@ -272,21 +272,12 @@ class RemoteEngineLoop:
         self._deliver_to(items)
 
     def _deliver_to(self, items) -> None:
-        for cb, out in items:
-            rid = out.request_id
-            if rid in self._dead:
-                if out.finished:
-                    self._dead.discard(rid)
-                continue
-            try:
-                cb(out)
-            except Exception:
-                log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
-                if not out.finished:
-                    self._dead.add(rid)
-                    with self._lock:
-                        self._callbacks.pop(rid, None)
-                    self.abort(rid)   # the receiver is gone: free the request's blocks now
+        deliver_outputs(items, self._dead, self._abort_failed)
+
+    def _abort_failed(self, request_id: str) -> None:
+        with self._lock:
+            self._callbacks.pop(request_id, None)
+        self.abort(request_id)
 
 
 def _python_executable() -> str:
