@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from perf.loadgen import git_commit, percentile  # noqa: E402
+from perf.meta import add_threads_arg, apply_threads  # noqa: E402
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -122,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=150.0, help="seconds for all points; later ones are skipped")
     ap.add_argument("--no-copy-bandwidth", action="store_true")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default on CPU: 1; several threads on a busy machine are far slower)")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
-    if args.threads or not args.device.startswith("cuda"):
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
     from engine import EngineConfig, LLMEngine
 
     t_begin = time.perf_counter()

@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from perf.loadgen import PromptBuilder, git_commit  # noqa: E402
+from perf.meta import add_threads_arg, apply_threads  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -74,11 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--budget", type=float, default=240.0)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default on CPU: 1; several threads on a busy machine are far slower)")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
-    if args.threads or not args.device.startswith("cuda"):
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
     t_begin = time.perf_counter()
     dtype = (torch.bfloat16 if args.device.startswith("cuda") else torch.float32) if args.dtype == "auto" \
         else getattr(torch, args.dtype)

@@ -17,3 +17,15 @@ def git_commit() -> str:
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
+
+
+def add_threads_arg(ap) -> None:
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default on CPU: 1; several threads on a busy machine are far slower)")
+
+
+def apply_threads(args) -> None:
+    """--threads, or 1 thread when running on the CPU (needs args.device)."""
+    if args.threads or not args.device.startswith("cuda"):
+        import torch
+        torch.set_num_threads(args.threads or 1)
