@@ -126,9 +126,10 @@ class EngineConfig:
     # CPU the forward pass runs on the engine thread itself, so there is nothing to overlap.
     async_scheduling: bool | None = None
     # Run the engine in its own process (engine/remote.py), so that the server's response sends do
-    # not compete with it for one GIL. Off by default until it is measured faster on the GPU (the
-    # last H100 run, before its submit fix, was slower: perf/results/2026-11-23-h100/async/).
-    engine_process: bool = False
+    # not compete with it for one GIL. None: on for CUDA devices, where it served 1.1-1.4x the
+    # tokens/s of the in-process engine on the H100 (perf/results/2026-11-23-h100/async/
+    # engine_process_6f9258a); on the CPU the engine's forward itself is the bottleneck.
+    engine_process: bool | None = None
     max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
     seed: int = 0                          # for requests that sample without their own seed
     extra: dict = field(default_factory=dict)
@@ -139,6 +140,13 @@ class EngineConfig:
         if self.async_scheduling is None:
             return self.device.startswith("cuda")
         return self.async_scheduling
+
+    @property
+    def runs_in_own_process(self) -> bool:
+        """Whether the engine runs in a child process (resolving None)."""
+        if self.engine_process is None:
+            return self.device.startswith("cuda")
+        return self.engine_process
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype == "auto":

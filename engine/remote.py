@@ -9,11 +9,12 @@ message, and the stub process only sends responses.
 
     loop = RemoteEngineLoop(config).start()     # spawns `python3 -m engine.remote`, waits for ready
 
-Used by the Triton adapter when the config parameter engine_process is true (off by default).
+Used by the Triton adapter when the config parameter engine_process is true (the default for GPU
+instances: EngineConfig.runs_in_own_process).
     n = loop.submit("r1", "Once upon a time", SamplingParams(), on_output)
     loop.abort("r1"); loop.drain(20.0); loop.shutdown()
 
-`submit` is answered by the child (tokenize, validate, queue), so it raises the same InvalidRequest,
+`submit` tokenizes here and is answered by the child (validate, queue), so it raises the same InvalidRequest,
 QueueFull and EngineDead as EngineLoop.submit. If the child dies, every request in flight gets an
 error output and `healthy` turns False, as after a fatal step in EngineLoop.
 

@@ -241,3 +241,13 @@ def test_copy_is_complete(tiny_model_dir, model_copy):
     assert sorted(p.name for p in model_copy.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
     make_engine(model_copy)
     shutil.rmtree(model_copy)
+
+
+@pytest.mark.parametrize("device,expect", [("cuda:0", True), ("cuda", True), ("cpu", False)])
+def test_device_dependent_defaults(device, expect):
+    # Empty config.pbtxt values keep None: asynchronous scheduling and the engine's own process
+    # are then on for GPU instances only; an explicit value wins on either device.
+    cfg = EngineConfig(model_dir="m", device=device)
+    assert cfg.overlaps_steps is expect and cfg.runs_in_own_process is expect
+    cfg = EngineConfig(model_dir="m", device=device, async_scheduling=not expect, engine_process=not expect)
+    assert cfg.overlaps_steps is (not expect) and cfg.runs_in_own_process is (not expect)

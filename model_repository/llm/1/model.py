@@ -215,7 +215,7 @@ class TritonPythonModel:
             self.faults = parse_faults()
         except ValueError as e:
             raise pb_utils.TritonModelException(str(e)) from None
-        if self.config.engine_process:
+        if self.config.runs_in_own_process:
             # The engine gets its own process (and GIL): see engine/remote.py.
             self.loop = RemoteEngineLoop(self.config).start()
             engine_stats, num_blocks, max_model_len = self.loop, self.loop.info["num_blocks"], \
@@ -233,7 +233,7 @@ class TritonPythonModel:
                              name="llm-drain-watch", daemon=True).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
                                   args["model_instance_name"], engine_stats, healthy=lambda: self.loop.healthy)
-        where = "its own process" if self.config.engine_process else "the stub process"
+        where = "its own process" if self.config.runs_in_own_process else "the stub process"
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device} ({where}), {num_blocks} KV "
             f"blocks of {self.config.block_size} tokens, max_model_len {max_model_len}")
