@@ -20,8 +20,11 @@ RUN python3 -m pip install --no-cache-dir --no-deps -e . \
  && python3 -m tools.random_llama --size small --out /opt/triton-llm/models/default
 
 EXPOSE 8000 8001 8002
+# The model's own endpoint: after a fatal engine error the model unloads itself (below), while
+# /v2/health/ready would stay 200.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
-  CMD curl -fsS localhost:8000/v2/health/ready || exit 1
+  CMD curl -fsS localhost:8000/v2/models/llm/ready || exit 1
 # tools/serve.py finds the container's tritonserver on PATH, prints the command, and applies the
-# same security defaults as `make serve` (model control none, admin APIs closed).
-CMD ["python3", "-m", "tools.serve", "--model-repository", "/opt/triton-llm/model_repository"]
+# same security defaults as `make serve` (admin APIs closed); --unload-on-engine-failure lets a
+# model whose engine died unload itself so that it reports not ready (README, "Health").
+CMD ["python3", "-m", "tools.serve", "--model-repository", "/opt/triton-llm/model_repository", "--unload-on-engine-failure"]

@@ -11,6 +11,13 @@ so this environment's bin/ goes first on the server's PATH.
 Security defaults: model control mode `none` (models cannot be loaded/unloaded over the network),
 and the model-repository, shared-memory, trace and logging APIs are not exposed over HTTP/gRPC
 unless --expose-admin-apis is given.
+
+--unload-on-engine-failure: a model whose engine dies (a fatal step error, a killed engine process)
+unloads itself, so /v2/models/<model>/ready turns 400 and a readiness probe takes the server out of
+rotation. Triton 2.51 gives a Python model no other way to report "not ready", and its unload API
+(pb_utils.unload_model) needs model control mode `explicit`: the server then starts with
+`--model-control-mode=explicit --load-model=*` (every model in the repository, as with `none`),
+and the repository API stays closed to clients unless --expose-admin-apis is also given.
 """
 from __future__ import annotations
 
@@ -56,7 +63,8 @@ def ensure_stub(server_dir: Path) -> None:
 
 def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
                    expose_admin_apis: bool = False, extra: list[str] | None = None,
-                   exit_timeout_s: int = EXIT_TIMEOUT_S) -> tuple[list[str], dict]:
+                   exit_timeout_s: int = EXIT_TIMEOUT_S,
+                   unload_on_engine_failure: bool = False) -> tuple[list[str], dict]:
     env = dict(os.environ)
     # SERVER_PYTHON_BIN picks another environment for the model than the launcher's own.
     python_bin = os.environ.get("SERVER_PYTHON_BIN") or str(Path(sys.executable).parent)
@@ -72,7 +80,14 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
         raise SystemExit("tritonserver not found: run `make setup` (installs nvidia-pytriton==0.7.0)")
     cmd = [binary, f"--model-repository={model_repository}", *backend_args,
            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
-           "--model-control-mode=none", f"--exit-timeout-secs={exit_timeout_s}"]
+           f"--exit-timeout-secs={exit_timeout_s}"]
+    if unload_on_engine_failure:
+        # The model calls pb_utils.unload_model on itself (model.py) when it sees this variable.
+        cmd += ["--model-control-mode=explicit", "--load-model=*"]
+        env["LLM_UNLOAD_ON_ENGINE_FAILURE"] = "1"
+    else:
+        cmd += ["--model-control-mode=none"]
+        env.pop("LLM_UNLOAD_ON_ENGINE_FAILURE", None)
     if not expose_admin_apis:
         # A random header value per launch: no client can present it, so these APIs are closed.
         key = secrets.token_hex(16)
@@ -97,12 +112,17 @@ def main() -> None:
                     help="seconds tritonserver waits for in-flight requests on shutdown")
     ap.add_argument("--expose-admin-apis", action="store_true",
                     help="also serve the repository/shared-memory/trace/logging APIs")
+    ap.add_argument("--unload-on-engine-failure", action="store_true",
+                    help="a model whose engine dies unloads itself, so its ready endpoint reports it "
+                         "(runs tritonserver in model control mode explicit; see above)")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, extra = ap.parse_known_args()
     cmd, env = server_command(Path(args.model_repository).resolve(), args.http_port, args.grpc_port,
-                              args.metrics_port, args.expose_admin_apis, extra, args.exit_timeout)
+                              args.metrics_port, args.expose_admin_apis, extra, args.exit_timeout,
+                              args.unload_on_engine_failure)
     model_dir = env.get("MODEL_DIR")
     print(("MODEL_DIR=" + shlex.quote(model_dir) + " " if model_dir else "")
+          + ("LLM_UNLOAD_ON_ENGINE_FAILURE=1 " if args.unload_on_engine_failure else "")
           + f"PATH={shlex.quote(env['PATH'].split(os.pathsep)[0])}:$PATH " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return

@@ -116,7 +116,11 @@ def test_model_repository_is_copied_where_cmd_serves_it():
 
 def test_healthcheck_hits_ready_endpoint():
     [health] = args_of("HEALTHCHECK")
-    assert re.search(r"\bCMD\b.*localhost:8000/v2/health/ready", health), health
+    # The model's ready endpoint: with --unload-on-engine-failure (CMD) it turns 400 when the
+    # engine dies, while /v2/health/ready stays 200.
+    assert re.search(r"\bCMD\b.*localhost:8000/v2/models/llm/ready", health), health
+    [cmd] = args_of("CMD")
+    assert "--unload-on-engine-failure" in json.loads(cmd)
     start = re.search(r"--start-period=(\d+)s", health)
     assert start and int(start.group(1)) >= 120, "model loading needs a long start period"
 

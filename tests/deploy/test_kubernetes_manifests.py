@@ -27,6 +27,7 @@ K8S_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 # tritonserver's own ports and health endpoints (tools/serve.py defaults, Triton's HTTP API).
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 READY, LIVE = "/v2/health/ready", "/v2/health/live"
+MODEL_READY = "/v2/models/llm/ready"   # turns 400 once a dead engine unloads the model
 MODEL_REPOSITORY = "/opt/triton-llm/model_repository"
 NOT_IN_KUSTOMIZATION = {"prometheus-adapter-rules.yaml"}   # a snippet of the adapter's config
 
@@ -183,10 +184,12 @@ def test_ports_match_tritonserver():
 
 def test_probes_hit_triton_health_endpoints():
     c = container()
-    for probe in ("startupProbe", "readinessProbe"):
+    for probe, path in (("startupProbe", READY), ("readinessProbe", MODEL_READY)):
         get = c[probe]["httpGet"]
-        assert get["path"] == READY, probe
+        assert get["path"] == path, probe
         assert named_port(c, get["port"]) == PORTS["http"], probe
+    # The model reports a dead engine on its ready endpoint only when it may unload itself.
+    assert "--unload-on-engine-failure" in c["args"]
     startup = c["startupProbe"]
     # Model loading may take many minutes (weights, KV sizing, CUDA graphs): at least 10 min.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
@@ -196,6 +199,7 @@ def test_probes_hit_triton_health_endpoints():
     else:
         script = " ".join(live["exec"]["command"])
         assert f"localhost:{PORTS['metrics']}/metrics" in script and "llm_engine_healthy" in script
+        assert f"localhost:{PORTS['http']}{MODEL_READY}" in script
     text = (K8S / "deployment.yaml").read_text()
     assert LIVE in text, "keep the HTTP /v2/health/live alternative documented next to the exec probe"
 
@@ -271,20 +275,33 @@ def test_hpa_scales_the_deployment_on_the_waiting_queue():
 
 # ---- the liveness exec probe, run for real ---------------------------------------------------
 
-def _liveness_script(metrics_port: int) -> list[str]:
+def _liveness_script(port: int) -> list[str]:
+    """The probe's script with both of tritonserver's ports (HTTP, metrics) pointed at one fake."""
     command = list(container()["livenessProbe"]["exec"]["command"])
-    assert "localhost:8002" in command[-1]
-    command[-1] = command[-1].replace("localhost:8002", f"127.0.0.1:{metrics_port}")
+    assert "localhost:8002" in command[-1] and "localhost:8000" in command[-1]
+    command[-1] = command[-1].replace("localhost:8002", f"127.0.0.1:{port}").replace("localhost:8000", f"127.0.0.1:{port}")
     return command
 
 
 class _FakeMetrics:
+    """Serves /metrics (`body`) and the model's ready endpoint (200 while `model_ready`)."""
     def __init__(self):
         self.body = ""
+        self.model_ready = True
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path == MODEL_READY:
+                    self.send_response(200 if outer.model_ready else 400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if self.path != "/metrics":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = outer.body.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -300,7 +317,7 @@ class _FakeMetrics:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-def test_liveness_probe_fails_only_on_unhealthy_engine():
+def test_liveness_probe_fails_only_on_unhealthy_engine_or_unready_model():
     if not shutil.which("curl"):
         pytest.skip("curl not installed")
     fake = _FakeMetrics()
@@ -321,6 +338,10 @@ def test_liveness_probe_fails_only_on_unhealthy_engine():
             fake.body = base + text
             rc = subprocess.run(_liveness_script(fake.port), capture_output=True, timeout=30).returncode
             assert (rc != 0) == bool(failed), (text, rc)
+        # The model unloaded itself after a fatal engine error: its gauge is gone, the probe fails.
+        fake.body, fake.model_ready = base, False
+        rc = subprocess.run(_liveness_script(fake.port), capture_output=True, timeout=30).returncode
+        assert rc != 0
     finally:
         fake.httpd.shutdown()
         fake.httpd.server_close()

@@ -164,14 +164,64 @@ def test_a_fatal_engine_fault_fails_everything_in_flight_and_later_requests_at_o
     status, body = _http_generate(srv, "after the fault, over HTTP", {"max_tokens": 4})
     assert time.monotonic() - t < 2.0
     assert status == HTTP_STATUS_OF_MODEL_ERRORS and "the engine has stopped" in body["error"], (status, body)
-    # The liveness signal: llm_engine_healthy drops to 0 (refreshed every 0.5 s). Readiness stays
-    # 200: Triton 2.51 cannot mark a Python model not ready (README, "dead-engine limitation").
+    # The liveness signal: llm_engine_healthy drops to 0 (refreshed every 0.5 s). Without
+    # --unload-on-engine-failure (next test) readiness stays 200: Triton 2.51 gives a Python model
+    # no way to mark itself not ready short of unloading (README, "Health").
     assert wait_until(lambda: scrape_metrics(srv.metrics_url)["llm_engine_healthy"] == 0, 5.0)
-    with urllib.request.urlopen(f"http://{srv.http_url}/v2/health/ready", timeout=5) as r:
-        assert r.status == 200
+    assert _http_status(f"http://{srv.http_url}/v2/health/ready") == 200
+    assert _http_status(f"http://{srv.http_url}/v2/models/llm/ready") == 200
+    assert wait_until(lambda: "the model stays loaded" in srv.log(), 5.0)
     assert "injected engine fault" in srv.log()
     rc, seconds = stop_timed(srv.process)   # a dead engine does not block the shutdown either
     assert rc == 0 and seconds < 15, (rc, seconds)
     print(f"\nfatal engine fault: 6/6 in-flight streams failed with the engine error after "
           f"{sorted(o.tokens for o in results)} tokens; later requests refused in < 2 s (HTTP: {status}); "
           f"llm_engine_healthy = 0")
+
+
+def _http_status(url: str, method: str = "GET") -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, data=b"" if method == "POST" else None),
+                                    timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_with_unload_on_engine_failure_a_dead_engine_makes_the_model_not_ready(tmp_path_factory, tiny_model_dir):
+    """`tools/serve.py --unload-on-engine-failure`: after the fatal fault the model unloads itself,
+    so /v2/models/llm/ready answers 400 (what a readiness probe needs), while the streams in flight
+    got the engine's error first and the repository API stays closed to clients. With the engine
+    in its own process (engine_process, the GPU default), whose fatal step reaches the stub as a
+    message."""
+    tmp = tmp_path_factory.mktemp("unload")
+    repo = write_model_repository(tmp, tiny_model_dir, engine_process="true", **SERVER)
+    with fault_env(f"fail_engine_after_steps={ENGINE_STEPS}"):
+        srv = start_server(tmp, repo, tiny_model_dir, launcher=True, extra_args=["--unload-on-engine-failure"])
+    try:
+        model_ready = f"http://{srv.http_url}/v2/models/llm/ready"
+        assert _http_status(model_ready) == 200
+        long = {"max_tokens": 300, "temperature": 0, "ignore_eos": True}
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: grpc_stream(srv.grpc_url, tensors_for(f"Doomed {i}", long), TIMEOUT_S,
+                                                          grace_s=0.1), range(4)))
+        for o in results:
+            assert not o.lost and o.errors == 1 and "injected engine fault" in o.error, o
+        assert wait_until(lambda: _http_status(model_ready) == 400, 20.0), "the model still reports ready"
+        assert _http_status(f"http://{srv.http_url}/v2/health/live") == 200   # the server itself is up
+        # A request now fails at once with Triton's own clear error (the model is not loaded).
+        t = time.monotonic()
+        with pytest.raises(ClientError) as info:
+            list(stream_grpc(srv.grpc_url, "llm", GenerateRequest("after the unload", max_tokens=4), timeout=TIMEOUT_S))
+        assert time.monotonic() - t < 2.0 and "llm" in info.value.message, info.value.message
+        # Explicit mode, yet nobody outside can load the model back (or anything else).
+        assert _http_status(f"http://{srv.http_url}/v2/repository/models/llm/load", "POST") == 403
+        assert "unloading model 'llm' so that it reports not ready" in srv.log()
+        assert wait_until(lambda: "successfully unloaded 'llm'" in srv.log(), 20.0), srv.log()[-3000:]
+        rc, seconds = stop_timed(srv.process)
+        assert rc == 0 and seconds < 15, (rc, seconds)
+        print(f"\nunload on engine failure: 4/4 streams got the engine error, model ready -> 400, "
+              f"later request: {info.value.message[:80]!r}")
+    finally:
+        stop_server(srv)
+        reap(srv.process)

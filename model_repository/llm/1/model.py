@@ -233,6 +233,8 @@ class TritonPythonModel:
                              name="llm-drain-watch", daemon=True).start()
         self.metrics = LLMMetrics({"model": args["model_name"], "version": args["model_version"]},
                                   args["model_instance_name"], engine_stats, healthy=lambda: self.loop.healthy)
+        threading.Thread(target=self._watch_engine, args=(args["model_name"],), name="llm-engine-watch",
+                         daemon=True).start()
         where = "its own process" if self.config.runs_in_own_process else "the stub process"
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device} ({where}), {num_blocks} KV "
@@ -245,6 +247,28 @@ class TritonPythonModel:
             time.sleep(0.1)
         pb_utils.Logger.log_info(f"llm: server shutting down; finishing in-flight requests for up to {grace_s}s")
         self.loop.drain(grace_s)
+
+    def _watch_engine(self, model_name: str, poll_s: float = 0.2) -> None:
+        """After a fatal engine error every request in flight has its error and later ones are
+        refused at once (EngineDead). Triton 2.51 leaves the model "ready" all the same; the only
+        way to change that from here is to unload the model, which needs model control mode
+        explicit: `tools/serve.py --unload-on-engine-failure` sets that up and tells us so through
+        LLM_UNLOAD_ON_ENGINE_FAILURE (in mode none the call would not return)."""
+        while self.loop.fatal_error is None:
+            time.sleep(poll_s)
+        if os.environ.get("LLM_UNLOAD_ON_ENGINE_FAILURE") != "1":
+            pb_utils.Logger.log_error(f"llm: the engine failed ({self.loop.fatal_error}); the model stays "
+                                      "loaded and answers UNAVAILABLE (llm_engine_healthy = 0)")
+            return
+        deadline = time.monotonic() + 10.0   # let the error responses of the failed requests go out
+        while self.loop.num_in_flight and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        pb_utils.Logger.log_error(f"llm: the engine failed ({self.loop.fatal_error}); unloading model "
+                                  f"{model_name!r} so that it reports not ready")
+        try:
+            pb_utils.unload_model(model_name)
+        except Exception as e:   # e.g. the server is not in explicit mode after all
+            pb_utils.Logger.log_error(f"llm: could not unload {model_name!r}: {e}")
 
     def execute(self, requests):
         for request in requests:
