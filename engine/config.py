@@ -116,6 +116,9 @@ class EngineConfig:
     max_num_seqs: int = 256                # sequences in one running batch
     max_model_len: int | None = None       # prompt + output tokens; default: the model's limit
     max_num_batched_tokens: int = 8192     # tokens per step (prefill chunks + decodes)
+    # Query-key pairs the prefill chunks of one step may compute, so that chunks deep into a long
+    # prompt get shorter (engine/scheduler.py). None: max_num_batched_tokens x 2048; 0: no limit.
+    max_prefill_attention_pairs: int | None = None
     block_size: int = 16                   # tokens per KV-cache block
     num_kv_blocks: int | None = None       # fixed KV-cache size; default: from memory below
     kv_cache_memory_fraction: float = 0.90  # GPU: share of the device this instance may use in all

@@ -77,7 +77,7 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    max(config.max_num_batched_tokens, config.max_num_seqs),
-                                   config.max_waiting_requests)
+                                   config.max_waiting_requests, config.max_prefill_attention_pairs)
         self.sampler = Sampler(self.runner.device, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self._in_flight: _InFlightStep | None = None   # launched, tokens not read yet (see step)

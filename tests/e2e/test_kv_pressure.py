@@ -77,3 +77,26 @@ def test_full_waiting_queue_answers_unavailable(tmp_path_factory, tiny_model_dir
         assert all(n == 30 for n in served)
     finally:
         stop_server(srv)
+
+
+def test_long_prompts_in_attention_limited_chunks_keep_every_text(tmp_path_factory, tiny_model_dir):
+    """Chunked prefill through the server with a small token budget and a small attention budget
+    (max_prefill_attention_pairs): two long prompts go in chunks that shrink as their context
+    grows, while short streams decode beside them; every text equals its solo run."""
+    tmp = tmp_path_factory.mktemp("chunks")
+    repo = write_model_repository(tmp, tiny_model_dir, max_num_batched_tokens="32", max_num_seqs="16",
+                                  max_prefill_attention_pairs=str(32 * 64), max_model_len="1024",
+                                  num_kv_blocks="256", async_scheduling="true")
+    srv = start_server(tmp, repo, tiny_model_dir)
+    try:
+        solo_engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cpu", num_kv_blocks=256,
+                                             max_model_len=1024))
+        long_prompts = [" ".join(f"w{i}x{j}" for j in range(150)) for i in range(2)]
+        assert all(len(solo_engine.tokenize(p)) > 400 for p in long_prompts)
+        prompts = long_prompts + PROMPTS[:8]
+        params = SamplingParams(max_tokens=OUTPUT_TOKENS, temperature=0, ignore_eos=True)
+        solo = {p: solo_engine.generate([p], params)[0].text for p in prompts}
+        for prompt, text, n in greedy_streams(srv, prompts, OUTPUT_TOKENS):
+            assert n == OUTPUT_TOKENS and text == solo[prompt], prompt[:40]
+    finally:
+        stop_server(srv)

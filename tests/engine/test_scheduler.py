@@ -6,9 +6,12 @@ Every engine comes from `engine_factory`, whose teardown asserts that all KV blo
 """
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine import InvalidRequest, QueueFull, SamplingParams
+from engine.scheduler import chunk_pairs, longest_chunk
 from engine_testing import GREEDY, PROMPTS, block_invariants, drive, joined, run_requests
 
 
@@ -147,6 +150,67 @@ def test_chunked_prefill_alone_equals_unchunked(gqa, ids, engine_factory):
         res = run_requests(eng, [prompt], GREEDY)
         assert res == [alone(engine_factory, gqa, prompt, GREEDY)]
         assert max(n for st in log for _, n, _ in st["seqs"]) == budget
+
+
+# ----- attention budget of prefill chunks --------------------------------------------------------
+def test_chunk_pairs_and_longest_chunk_against_brute_force():
+    rng = random.Random()
+    for _ in range(300):
+        context, remaining = rng.randrange(0, 5000), rng.randrange(1, 400)
+        pairs = rng.randrange(0, 400 * 5400)
+        best, total = 0, 0
+        for n in range(1, remaining + 1):
+            total += context + n              # the n-th new token attends to everything before it and itself
+            if total > pairs:
+                break
+            best = n
+        assert chunk_pairs(context, best) <= pairs
+        assert longest_chunk(context, remaining, pairs) == best, (context, remaining, pairs)
+
+
+def test_prefill_chunks_shrink_as_their_context_grows_and_decodes_continue(gqa, ids, engine_factory):
+    prompt = ((ids[4] + ids[2][1:] + ids[3][1:]) * 8)[:400]
+    assert len(prompt) == 400
+    budget, pairs = 64, 64 * 32
+    eng = engine_factory(gqa, max_num_batched_tokens=budget, max_num_seqs=4, block_size=8,
+                         max_prefill_attention_pairs=pairs)
+    log = record_batches(eng)
+    outs = {"short": [], "long": []}
+    eng.add_request("short", ids[0], greedy(100))
+    for o in eng.step():
+        outs[o.request_id].append(o)
+    eng.add_request("long", prompt, greedy(8))
+    for rid, lst in drive(eng).items():
+        outs[rid].extend(lst)
+
+    prefill_steps = [st for st in log if any(r == "long" and c < len(prompt) for r, _, c in st["seqs"])]
+    chunks = [(c, n) for st in prefill_steps for r, n, c in st["seqs"] if r == "long"]
+    assert sum(n for _, n in chunks) == len(prompt)
+    for c, n in chunks:   # within the pair budget, or the one block that guarantees progress
+        assert chunk_pairs(c, n) <= pairs or n == min(8, len(prompt) - c), (c, n)
+    assert chunks[0][1] == budget - 1 and chunks[-2][1] == 8, chunks   # long at the start, a block at the end
+    assert all(b[1] <= a[1] for a, b in zip(chunks, chunks[1:])), chunks
+    assert len(prefill_steps) < 100
+    for st in prefill_steps:   # the short request decoded in every step of the long prefill
+        assert ("short", 1) in [(r, n) for r, n, _ in st["seqs"]], st
+    # Same text as without the pair budget (token-budget chunks only) and as alone.
+    unlimited = engine_factory(gqa, max_num_batched_tokens=budget, max_num_seqs=4, block_size=8,
+                               max_prefill_attention_pairs=0)
+    log0 = record_batches(unlimited)
+    ref = run_requests(unlimited, [ids[0], prompt], [greedy(100), greedy(8)])
+    # (without it the whole prompt goes in token-budget chunks: 400 tokens in about 7 steps)
+    assert sum(1 for st in log0 for _, n, _ in st["seqs"] if n >= budget - 1) >= 5
+    assert [joined(outs["short"]), joined(outs["long"])] == ref
+    assert joined(outs["long"]) == alone(engine_factory, gqa, prompt, greedy(8))
+
+
+def test_default_attention_budget_leaves_ordinary_chunks_alone(gqa, ids, engine_factory):
+    """max_num_batched_tokens x 2048 pairs: a chunk only shrinks past ~2k tokens of context."""
+    eng = engine_factory(gqa, max_num_batched_tokens=64, max_num_seqs=4)
+    assert eng.scheduler.attention_budget == 64 * 2048
+    log = record_batches(eng)
+    run_requests(eng, [long_prompt(ids)], GREEDY)
+    assert log[0]["seqs"][0][1] == 64
 
 
 # ----- preemption ---------------------------------------------------------------------------------

@@ -225,3 +225,39 @@ def test_with_unload_on_engine_failure_a_dead_engine_makes_the_model_not_ready(t
     finally:
         stop_server(srv)
         reap(srv.process)
+
+
+@pytest.mark.parametrize("engine_process", ["true", "false"])
+def test_a_real_device_fault_fails_requests_and_unloads_the_model(tmp_path_factory, tiny_model_dir, engine_process):
+    """A device-side assert on the GPU (LLM_FAULT_INJECTION device_fault_after_steps; an
+    IndexError on the CPU) kills the engine's CUDA context for good: streams in flight get the
+    error, the model unloads itself (launcher --unload-on-engine-failure), later requests fail at
+    once, and the server still stops cleanly, with the engine in its own process or in the stub's."""
+    import torch
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and engine_process == "false":
+        pytest.skip("on the CPU this is the injected-exception path tested above")
+    tmp = tmp_path_factory.mktemp("devfault")
+    repo = write_model_repository(tmp, tiny_model_dir, engine_process=engine_process, **SERVER)
+    with fault_env(f"device_fault_after_steps={ENGINE_STEPS}"):
+        srv = start_server(tmp, repo, tiny_model_dir, launcher=True, extra_args=["--unload-on-engine-failure"])
+    try:
+        long = {"max_tokens": 300, "temperature": 0, "ignore_eos": True}
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: grpc_stream(srv.grpc_url, tensors_for(f"On a faulty GPU {i}", long),
+                                                          TIMEOUT_S, grace_s=0.1), range(4)))
+        expected = ("CUDA error", "device-side assert") if on_gpu else ("IndexError",)
+        for o in results:
+            assert not o.lost and o.errors == 1 and "engine step failed" in o.error, o
+            assert any(e in o.error for e in expected), o.error
+        assert wait_until(lambda: _http_status(f"http://{srv.http_url}/v2/models/llm/ready") == 400, 30.0)
+        with pytest.raises(ClientError):
+            list(stream_grpc(srv.grpc_url, "llm", GenerateRequest("after the fault", max_tokens=4), timeout=TIMEOUT_S))
+        assert _http_status(f"http://{srv.http_url}/v2/health/live") == 200
+        rc, seconds = stop_timed(srv.process)
+        assert rc == 0 and seconds < 30, (rc, seconds)
+        print(f"\ndevice fault ({'GPU' if on_gpu else 'CPU'}, engine_process={engine_process}): 4/4 streams "
+              f"failed with {results[0].error[:120]!r}; model unloaded; server stopped in {seconds:.1f}s")
+    finally:
+        stop_server(srv)
+        reap(srv.process)
