@@ -58,16 +58,17 @@ class BlockManager:
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of the sequence's tokens, leaving at least one
-        token to compute (its logits give the next token)."""
+        token to compute (its logits give the next token). Hashes as _chain_hashes does, block by
+        block, stopping at the first miss (on the hot path of every admission)."""
         if not self.prefix_caching:
             return []
-        max_blocks = (seq.num_tokens - 1) // self.block_size
-        hashes = self._chain_hashes(seq.token_ids, max_blocks, [])
-        hits = []
-        bs = self.block_size
-        for i, h in enumerate(hashes):
-            block = self.cached.get(h)
-            if block is None or self.block_tokens[block] != tuple(seq.token_ids[i * bs:(i + 1) * bs]):
+        bs, ids, cached, block_tokens = self.block_size, seq.token_ids, self.cached, self.block_tokens
+        hits, parent = [], 0
+        for start in range(0, (seq.num_tokens - 1) // bs * bs, bs):
+            tokens = tuple(ids[start:start + bs])
+            parent = hash((parent, tokens))
+            block = cached.get(parent)
+            if block is None or block_tokens[block] != tokens:
                 break
             hits.append(block)
         return hits

@@ -99,12 +99,20 @@ class ShapeBuckets:
     # splits, 4.30 with 8, ~5.9 with 16, 4.6 unsplit (perf/results/2026-11-23-h100/async/splits/):
     # every split adds programs and partial results for the whole padded step, not only the chunk.
     LONG_CONTEXT_SPLITS = 4
+    # A step of at most 16 sequences (a prefix-cache hit: one sequence's few tokens over a long
+    # cached context) has only its KV heads' programs on the plain grid (8 for the 1B shape):
+    # 16 splits spread them over ~all SMs of an H100.
+    FEW_SEQS, FEW_SEQS_LONG_CONTEXT_SPLITS = 16, 16
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int = 0):
         self.max_num_seqs = max_num_seqs
         self.decode = decode_buckets(min(max_num_seqs, self.MAX_DECODE_BATCH))
         self.tokens = token_buckets(max(max_num_batched_tokens, max_num_seqs))
         self.long_context = max_model_len > self.LONG_CONTEXT
+
+    def long_context_splits(self, num_seqs: int) -> int:
+        """KV splits of the long-context variant of a mixed shape with `num_seqs` (padded) sequences."""
+        return self.FEW_SEQS_LONG_CONTEXT_SPLITS if num_seqs <= self.FEW_SEQS else self.LONG_CONTEXT_SPLITS
 
     def mixed_seq_buckets(self, num_tokens: int) -> list[int]:
         """Sequence counts for a token bucket; the last one, min(tokens, max_num_seqs), holds any
@@ -115,8 +123,8 @@ class ShapeBuckets:
     def all_shapes(self) -> list[StepShape]:
         mixed = [StepShape(t, s, False) for t in self.tokens for s in self.mixed_seq_buckets(t)]
         if self.long_context:
-            mixed += [StepShape(m.num_tokens, m.num_seqs, False, self.LONG_CONTEXT_SPLITS) for m in mixed
-                      if m.num_tokens <= self.LONG_CONTEXT_MAX_TOKENS]
+            mixed += [StepShape(m.num_tokens, m.num_seqs, False, self.long_context_splits(m.num_seqs))
+                      for m in mixed if m.num_tokens <= self.LONG_CONTEXT_MAX_TOKENS]
         return [StepShape(b, b, True) for b in self.decode] + mixed
 
     def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_context: int = 0) -> StepShape | None:
@@ -125,7 +133,8 @@ class ShapeBuckets:
             return StepShape(b, b, True)
         if num_tokens <= self.tokens[-1] and num_seqs <= self.max_num_seqs:
             t = next(t for t in self.tokens if t >= num_tokens)
-            splits = (self.LONG_CONTEXT_SPLITS if self.long_context and max_context >= self.LONG_CONTEXT
+            s = next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs)
+            splits = (self.long_context_splits(s) if self.long_context and max_context >= self.LONG_CONTEXT
                       and t <= self.LONG_CONTEXT_MAX_TOKENS else 0)
-            return StepShape(t, next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs), False, splits)
+            return StepShape(t, s, False, splits)
         return None

@@ -54,10 +54,12 @@ def prefix_ttfts(model_dir: str, prefix_caching: bool, vocab: int, runs: int = 5
     return times
 
 
-def itl_with_and_without_long_prefill(model_dir: str, vocab: int, budget: int, streams: int = 32):
+def itl_with_and_without_long_prefill(model_dir: str, vocab: int, budget: int, streams: int = 32,
+                                      attention_pairs: int | None = None):
     from engine import EngineConfig, LLMEngine, SamplingParams
     engine = LLMEngine(EngineConfig(model_dir=model_dir, device="cuda", max_model_len=16384,
-                                    max_num_batched_tokens=budget, kv_cache_memory_fraction=0.5))
+                                    max_num_batched_tokens=budget, kv_cache_memory_fraction=0.5,
+                                    max_prefill_attention_pairs=attention_pairs))
     params = SamplingParams(max_tokens=4000, temperature=0, ignore_eos=True)
     for i in range(streams):
         engine.add_request(f"s{i}", random_ids(128, vocab, 10 + i), params)
@@ -78,19 +80,20 @@ def itl_with_and_without_long_prefill(model_dir: str, vocab: int, budget: int, s
     without = decode_gaps(100)
     engine.add_request("long", random_ids(8192, vocab, 999), SamplingParams(max_tokens=1, temperature=0))
     with_prefill = []
-    last = time.perf_counter()
+    last = t_long = time.perf_counter()
     while "long" in engine.seqs:
         outs = engine.step()
         now = time.perf_counter()
         if any(o.request_id.startswith("s") and o.token_ids for o in outs):
             with_prefill.append((now - last) * 1e3)
             last = now
+    long_ms = (time.perf_counter() - t_long) * 1e3   # the long prompt's TTFT: what the budget costs it
     with_prefill += decode_gaps(10)
     for rid in list(engine.seqs):
         engine.abort(rid)
     del engine
     torch.cuda.empty_cache()
-    return without, with_prefill
+    return without, with_prefill, long_ms
 
 
 BUDGETS = (256, 512)      # max_num_batched_tokens for the chunked-prefill measurement
@@ -107,6 +110,10 @@ def main() -> None:
     ap.add_argument("--size", default="llama-3.2-1b")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--out", default="perf/results/latest")
+    ap.add_argument("--attention-pairs", type=int, default=None,
+                    help="max_prefill_attention_pairs for the chunked-prefill part (default: the "
+                         "engine's, max_num_batched_tokens x 2048; 0: no limit)")
+    ap.add_argument("--skip-prefix", action="store_true", help="only the chunked-prefill part")
     args = ap.parse_args()
     from tools.random_llama import build
     out = Path(args.out)
@@ -114,22 +121,26 @@ def main() -> None:
     model_dir = args.model_dir or str(build(Path(tempfile.mkdtemp()) / "m", size=args.size, dtype="bfloat16",
                                             device="cuda"))
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
-    hit = prefix_ttfts(model_dir, True, vocab)
-    miss = prefix_ttfts(model_dir, False, vocab)
-    metrics = {"prefix_hit_ttft_ms": statistics.median(hit), "prefix_miss_ttft_ms": statistics.median(miss)}
-    metrics["prefix_ttft_speedup"] = metrics["prefix_miss_ttft_ms"] / metrics["prefix_hit_ttft_ms"]
+    metrics, runs = {}, {}
+    if not args.skip_prefix:
+        hit = prefix_ttfts(model_dir, True, vocab)
+        miss = prefix_ttfts(model_dir, False, vocab)
+        metrics = {"prefix_hit_ttft_ms": statistics.median(hit), "prefix_miss_ttft_ms": statistics.median(miss)}
+        metrics["prefix_ttft_speedup"] = metrics["prefix_miss_ttft_ms"] / metrics["prefix_hit_ttft_ms"]
+        runs = {"hit": hit, "miss": miss}   # every run, to see the spread
     # The token budget trades prefill speed for decode latency: the headline figures are for
     # HEADLINE_BUDGET; the others show the trade.
     samples = {}
     for budget in BUDGETS:
-        without, with_prefill = itl_with_and_without_long_prefill(model_dir, vocab, budget)
+        without, with_prefill, long_ms = itl_with_and_without_long_prefill(model_dir, vocab, budget,
+                                                                           attention_pairs=args.attention_pairs)
         samples[f"budget{budget}"] = {"without": without, "with_long_prefill": with_prefill}
         sfx = "" if budget == HEADLINE_BUDGET else f"_budget{budget}"
         metrics.update({
             f"itl_p50_ms_without{sfx}": pct(without, 50), f"itl_p99_ms_without{sfx}": pct(without, 99),
             f"itl_p50_ms_with_long_prefill{sfx}": pct(with_prefill, 50),
             f"itl_p99_ms_with_long_prefill{sfx}": pct(with_prefill, 99),
-            f"long_prefill_steps{sfx}": len(with_prefill),
+            f"long_prefill_steps{sfx}": len(with_prefill), f"long_prefill_ms{sfx}": long_ms,
         })
         metrics[f"itl_p99_with_over_p50_without{sfx}"] = (metrics[f"itl_p99_ms_with_long_prefill{sfx}"]
                                                          / metrics[f"itl_p50_ms_without{sfx}"])
@@ -138,8 +149,10 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(), "command": "python3 " + " ".join(sys.argv),
               "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "model": args.size,
               "notes": f"engine in-process (no server); chunked-prefill part: max_num_batched_tokens="
-                       f"{HEADLINE_BUDGET} (headline) and {BUDGETS} (suffix _budgetN)",
+                       f"{HEADLINE_BUDGET} (headline) and {BUDGETS} (suffix _budgetN), "
+                       f"max_prefill_attention_pairs={args.attention_pairs} (None: the engine's default)",
               "metrics": metrics,
+              "prefix_ttft_runs_ms": runs,
               "itl_samples_ms": samples}   # every gap, in order: where the tail comes from
     (out / "scheduler.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

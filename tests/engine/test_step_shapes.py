@@ -52,7 +52,9 @@ def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens, max_model_
         # long contexts split the KV range of mixed steps small enough to leave SMs idle
         long = (not shape.decode and max_context >= ShapeBuckets.LONG_CONTEXT
                 and shape.num_tokens <= ShapeBuckets.LONG_CONTEXT_MAX_TOKENS)
-        assert shape.kv_splits == (ShapeBuckets.LONG_CONTEXT_SPLITS if long else 0)
+        few = shape.num_seqs <= ShapeBuckets.FEW_SEQS   # e.g. a prefix hit: more splits
+        splits = ShapeBuckets.FEW_SEQS_LONG_CONTEXT_SPLITS if few else ShapeBuckets.LONG_CONTEXT_SPLITS
+        assert shape.kv_splits == (splits if long else 0)
     assert any(s.kv_splits for s in shapes) == (max_model_len > ShapeBuckets.LONG_CONTEXT)
 
 
