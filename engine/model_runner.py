@@ -182,6 +182,7 @@ class ModelRunner:
         if self.buckets:
             max_context = max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
             shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
+        self.last_shape = shape   # for diagnostics (perf/bench_scheduler.py)
         packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
         if self.graphs is not None and shape in self.graphs:
             logits = self.graphs.replay(shape, width)

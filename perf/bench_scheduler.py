@@ -79,11 +79,19 @@ def itl_with_and_without_long_prefill(model_dir: str, vocab: int, budget: int, s
     decode_gaps(20)
     without = decode_gaps(100)
     engine.add_request("long", random_ids(8192, vocab, 999), SamplingParams(max_tokens=1, temperature=0))
-    with_prefill = []
+    with_prefill, steps = [], []
     last = t_long = time.perf_counter()
     while "long" in engine.seqs:
+        long_seq = engine.seqs["long"]
+        before = long_seq.num_computed_tokens
+        t0 = time.perf_counter()
         outs = engine.step()
         now = time.perf_counter()
+        shape = engine.runner.last_shape
+        # What each step launched: the long prompt's chunk (context, tokens), the padded shape.
+        steps.append({"ms": round((now - t0) * 1e3, 3), "context": before,
+                      "chunk": long_seq.num_computed_tokens - before,
+                      "shape": None if shape is None else [shape.num_tokens, shape.num_seqs, shape.kv_splits]})
         if any(o.request_id.startswith("s") and o.token_ids for o in outs):
             with_prefill.append((now - last) * 1e3)
             last = now
@@ -93,7 +101,7 @@ def itl_with_and_without_long_prefill(model_dir: str, vocab: int, budget: int, s
         engine.abort(rid)
     del engine
     torch.cuda.empty_cache()
-    return without, with_prefill, long_ms
+    return without, with_prefill, long_ms, steps
 
 
 BUDGETS = (256, 512)      # max_num_batched_tokens for the chunked-prefill measurement
@@ -132,9 +140,10 @@ def main() -> None:
     # HEADLINE_BUDGET; the others show the trade.
     samples = {}
     for budget in BUDGETS:
-        without, with_prefill, long_ms = itl_with_and_without_long_prefill(model_dir, vocab, budget,
+        without, with_prefill, long_ms, steps = itl_with_and_without_long_prefill(model_dir, vocab, budget,
                                                                            attention_pairs=args.attention_pairs)
-        samples[f"budget{budget}"] = {"without": without, "with_long_prefill": with_prefill}
+        samples[f"budget{budget}"] = {"without": without, "with_long_prefill": with_prefill,
+                                      "long_prefill_steps": steps}
         sfx = "" if budget == HEADLINE_BUDGET else f"_budget{budget}"
         metrics.update({
             f"itl_p50_ms_without{sfx}": pct(without, 50), f"itl_p99_ms_without{sfx}": pct(without, 99),
