@@ -64,6 +64,15 @@ def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
         logprobs=logprobs, error=later.error)
 
 
+def rest_after_delivery(busy_s: float) -> None:
+    """After a delivery round that took `busy_s`, rest (without the GIL) so that sending stays
+    under DELIVERY_MAX_BUSY of the time; bounded, so that a slow receiver does not hold back
+    everyone's next outputs. Only after a long round: a lightly loaded server keeps one response
+    per token. Used by EngineLoop and by RemoteEngineLoop's delivery thread alike."""
+    if busy_s >= DELIVERY_REST_AFTER_S:
+        time.sleep(min(busy_s * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
+
+
 def deliver_outputs(items, dead: set[str], abort: Callable[[str], None]) -> None:
     """Hand each (callback, output) pair to its callback. A callback that raises loses its request:
     the request is aborted in the engine (its blocks freed) and its later outputs are dropped
@@ -255,11 +264,6 @@ class EngineLoop:
                     log.error("output delivery failed:\n%s", traceback.format_exc())
                 continue
             deliver_outputs(merged.values(), dead, self.abort)
-            busy = time.perf_counter() - started
-            # Rest (without the GIL) so that sending stays under DELIVERY_MAX_BUSY of the time;
-            # bounded, so that a slow receiver does not hold back everyone's next outputs. Only
-            # after a long round: a lightly loaded server keeps one response per token.
-            if busy >= DELIVERY_REST_AFTER_S:
-                time.sleep(min(busy * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
+            rest_after_delivery(time.perf_counter() - started)
 
-__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "merge_outputs"]
+__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "merge_outputs", "rest_after_delivery"]

@@ -40,7 +40,7 @@ from typing import Callable
 
 from engine.config import EngineConfig
 from engine.engine import EngineStats, load_tokenizer
-from engine.loop import EngineDead, EngineLoop, deliver_outputs, merge_outputs
+from engine.loop import EngineDead, EngineLoop, deliver_outputs, merge_outputs, rest_after_delivery
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
 from engine.sequence import RequestOutput
@@ -250,9 +250,13 @@ class RemoteEngineLoop:
                     self._outbox_ready.wait()
                 outputs, self._outbox = self._outbox, []
                 done = self._receiver_done
+            started = time.perf_counter()
             self._deliver(outputs)
             if done and not outputs:
                 break
+            # The stub's main thread (Triton's execute: new requests) needs the GIL too: rest as
+            # EngineLoop's delivery does, while outputs arriving meanwhile merge.
+            rest_after_delivery(time.perf_counter() - started)
         # Requests the child never finished (it died): an error each.
         message = self.fatal_error or "the engine is shutting down"
         with self._lock:

@@ -8,6 +8,7 @@ in flight gets an error output and the loop reports unhealthy.
 from __future__ import annotations
 
 import os
+import time
 import signal
 
 import pytest
@@ -110,3 +111,36 @@ def test_shutdown_aborts_requests_in_flight(gqa, remote):
     col.wait(["a"])
     assert col.outs["a"][-1].finish_reason == "abort"
     assert not loop.healthy
+
+
+def test_delivery_rests_after_long_rounds_and_outputs_merge(gqa, remote, monkeypatch):
+    """The stub's main thread (Triton's execute) needs the GIL too, so the delivery thread rests
+    after long rounds as EngineLoop's does; tokens arriving meanwhile merge into fewer callbacks,
+    and the text stays the engine's."""
+    import engine.remote as remote_module
+    rests = []
+    real = remote_module.rest_after_delivery
+
+    def recording(busy_s):
+        rests.append(busy_s)
+        real(busy_s)
+    monkeypatch.setattr(remote_module, "rest_after_delivery", recording)
+    expected = run_requests(make_engine(gqa), PROMPTS[:4], greedy(60))
+    loop = remote(gqa)
+    col, calls = Collector(), {f"r{i}": 0 for i in range(4)}
+
+    def slow(rid):
+        inner = col.callback(rid)
+
+        def cb(out):
+            calls[rid] += 1
+            time.sleep(0.003)   # a slow response send: each round takes >= 3 ms
+            inner(out)
+        return cb
+    for i, p in enumerate(PROMPTS[:4]):
+        loop.submit(f"r{i}", p, greedy(60), slow(f"r{i}"))
+    col.wait([f"r{i}" for i in range(4)])
+    assert [col.result(f"r{i}") for i in range(4)] == expected
+    from engine.loop import DELIVERY_REST_AFTER_S
+    assert any(b >= DELIVERY_REST_AFTER_S for b in rests)
+    assert sum(calls.values()) < 4 * 60, calls   # merged while the delivery thread rested
