@@ -188,24 +188,32 @@ def _http_status(url: str, method: str = "GET") -> int:
         return e.code
 
 
+def _start_unloading(tmp_path_factory, model_dir, spec: str, engine_process: str):
+    """The launcher with --unload-on-engine-failure, the given fault injected."""
+    tmp = tmp_path_factory.mktemp("unload")
+    repo = write_model_repository(tmp, model_dir, engine_process=engine_process, **SERVER)
+    with fault_env(spec):
+        return start_server(tmp, repo, model_dir, launcher=True, extra_args=["--unload-on-engine-failure"])
+
+
+def _four_long_streams(srv, label: str):
+    long = {"max_tokens": 300, "temperature": 0, "ignore_eos": True}
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda i: grpc_stream(srv.grpc_url, tensors_for(f"{label} {i}", long), TIMEOUT_S,
+                                                   grace_s=0.1), range(4)))
+
+
 def test_with_unload_on_engine_failure_a_dead_engine_makes_the_model_not_ready(tmp_path_factory, tiny_model_dir):
     """`tools/serve.py --unload-on-engine-failure`: after the fatal fault the model unloads itself,
     so /v2/models/llm/ready answers 400 (what a readiness probe needs), while the streams in flight
     got the engine's error first and the repository API stays closed to clients. With the engine
     in its own process (engine_process, the GPU default), whose fatal step reaches the stub as a
     message."""
-    tmp = tmp_path_factory.mktemp("unload")
-    repo = write_model_repository(tmp, tiny_model_dir, engine_process="true", **SERVER)
-    with fault_env(f"fail_engine_after_steps={ENGINE_STEPS}"):
-        srv = start_server(tmp, repo, tiny_model_dir, launcher=True, extra_args=["--unload-on-engine-failure"])
+    srv = _start_unloading(tmp_path_factory, tiny_model_dir, f"fail_engine_after_steps={ENGINE_STEPS}", "true")
     try:
         model_ready = f"http://{srv.http_url}/v2/models/llm/ready"
         assert _http_status(model_ready) == 200
-        long = {"max_tokens": 300, "temperature": 0, "ignore_eos": True}
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda i: grpc_stream(srv.grpc_url, tensors_for(f"Doomed {i}", long), TIMEOUT_S,
-                                                          grace_s=0.1), range(4)))
-        for o in results:
+        for o in _four_long_streams(srv, "Doomed"):
             assert not o.lost and o.errors == 1 and "injected engine fault" in o.error, o
         assert wait_until(lambda: _http_status(model_ready) == 400, 20.0), "the model still reports ready"
         assert _http_status(f"http://{srv.http_url}/v2/health/live") == 200   # the server itself is up
@@ -237,15 +245,9 @@ def test_a_real_device_fault_fails_requests_and_unloads_the_model(tmp_path_facto
     on_gpu = torch.cuda.is_available()
     if not on_gpu and engine_process == "false":
         pytest.skip("on the CPU this is the injected-exception path tested above")
-    tmp = tmp_path_factory.mktemp("devfault")
-    repo = write_model_repository(tmp, tiny_model_dir, engine_process=engine_process, **SERVER)
-    with fault_env(f"device_fault_after_steps={ENGINE_STEPS}"):
-        srv = start_server(tmp, repo, tiny_model_dir, launcher=True, extra_args=["--unload-on-engine-failure"])
+    srv = _start_unloading(tmp_path_factory, tiny_model_dir, f"device_fault_after_steps={ENGINE_STEPS}", engine_process)
     try:
-        long = {"max_tokens": 300, "temperature": 0, "ignore_eos": True}
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda i: grpc_stream(srv.grpc_url, tensors_for(f"On a faulty GPU {i}", long),
-                                                          TIMEOUT_S, grace_s=0.1), range(4)))
+        results = _four_long_streams(srv, "On a faulty GPU")
         expected = ("CUDA error", "device-side assert") if on_gpu else ("IndexError",)
         for o in results:
             assert not o.lost and o.errors == 1 and "engine step failed" in o.error, o
