@@ -132,7 +132,7 @@ class Scheduler:
             n = self._chunk(context, seq.num_tokens - context, budget)
             if n == 0:
                 break
-            if not self.bm.can_admit(seq, cached, len(cached) * self.bm.block_size + n):
+            if not self.bm.can_admit(seq, cached, context + n):
                 break  # FCFS: later requests do not overtake the head of the queue
             self.waiting.popleft()
             self.bm.admit(seq, cached)
