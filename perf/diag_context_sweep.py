@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--streams", type=int, default=32)
     ap.add_argument("--splits", type=int, default=None, help="override ShapeBuckets.LONG_CONTEXT_SPLITS")
+    ap.add_argument("--async-scheduling", action="store_true", help="as the engine runs by default")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from engine import EngineConfig, LLMEngine, SamplingParams
@@ -32,7 +33,8 @@ def main() -> None:
     if args.splits is not None:
         ShapeBuckets.LONG_CONTEXT_SPLITS = args.splits
     engine = LLMEngine(EngineConfig(model_dir=args.model_dir, device="cuda", max_model_len=16384,
-                                    max_num_batched_tokens=args.chunk + args.streams, async_scheduling=False,
+                                    max_num_batched_tokens=args.chunk + args.streams,
+                                    async_scheduling=args.async_scheduling,
                                     kv_cache_memory_fraction=0.5, max_prefill_attention_pairs=0))
     vocab = engine.model_config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -57,23 +59,48 @@ def main() -> None:
         events.append((a, b))
         return out
     graphs.replay = timed_replay
+    # Host time per phase of each step (no extra synchronization: a phase that blocks on the
+    # device, e.g. a pinned or device allocation, shows up as its own time).
+    phases: dict[str, float] = {}
+
+    def timed(obj, name, label):
+        inner = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                phases[label] = phases.get(label, 0.0) + (time.perf_counter() - t) * 1e3
+        setattr(obj, name, wrapper)
+    timed(engine.scheduler, "schedule", "schedule")
+    timed(engine.runner, "prepare", "prepare")
+    timed(engine.runner, "run", "run")
+    timed(engine.sampler, "sample", "sample")
+    timed(engine, "_read_tokens", "read_tokens")
+    timed(engine.block_manager, "commit", "commit")
     collections = [0]
     gc.callbacks.append(lambda phase, info: collections.__setitem__(0, collections[0] + (phase == "start")))
     rows = []
     while "long" in engine.seqs:
         seq = engine.seqs["long"]
         before = seq.num_computed_tokens
-        torch.cuda.synchronize()
+        if not args.async_scheduling:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         engine.step()
-        torch.cuda.synchronize()
+        if not args.async_scheduling:
+            torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
         s = engine.runner.last_shape
-        gpu = sum(a.elapsed_time(b) for a, b in events)
-        events.clear()
+        done = [(a, b) for a, b in events if b.query()]   # async: the last replay may still run
+        gpu = sum(a.elapsed_time(b) for a, b in done)
+        events[:] = [e for e in events if e not in done]
         rows.append({"context": before, "ms": round(ms, 3), "graph_ms": round(gpu, 3), "gcs": collections[0],
+                     "host_ms": {k: round(v, 3) for k, v in phases.items()},
                      "shape": None if s is None else [s.num_tokens, s.num_seqs, s.kv_splits]})
         collections[0] = 0
+        phases.clear()
         print(rows[-1], flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "device": torch.cuda.get_device_name(),
