@@ -138,32 +138,42 @@ class ModelRunner:
         width = max(len(s.block_table) for s in batch.seqs)
         head = input_ids + positions + slots + ctx + cu + logits_idx
         n = len(head) + len(ctx) * width
-        flat_np = np.zeros(n + 2 * len(fill_dst), dtype=np.int64)
+        total = n + 2 * len(fill_dst)
+        flat_np, staging = self._host_buffer(total)
         flat_np[:len(head)] = head
         tables = flat_np[len(head):n].reshape(len(ctx), width)
+        tables[:] = 0
         for row, seq in enumerate(batch.seqs):
             tables[row, :len(seq.block_table)] = seq.block_table
         flat_np[n:] = fill_dst + fill_src   # the fill indices ride behind the layout, same transfer
-        flat = torch.from_numpy(flat_np)
-        if self.device.type != "cuda":
-            packed = flat
+        if staging is None:
+            packed = torch.from_numpy(flat_np)
         else:
-            # Two pinned staging buffers, used in turn: the previous step's copy may still be
-            # queued when this one is packed (asynchronous scheduling), the one before it is done.
-            self._turn ^= 1
-            staging = self._staging[self._turn]
-            if staging is None or staging.numel() < flat.numel():
-                staging = self._staging[self._turn] = torch.empty(max(flat.numel(), 1 << 16), dtype=torch.long,
-                                                                  pin_memory=True)
-            staging[:flat.numel()].copy_(flat)
-            packed = (self.inputs[:flat.numel()] if flat.numel() <= self.inputs.numel()
-                      else torch.empty(flat.numel(), dtype=torch.long, device=self.device))
-            packed.copy_(staging[:flat.numel()], non_blocking=True)
+            packed = (self.inputs[:total] if total <= self.inputs.numel()
+                      else torch.empty(total, dtype=torch.long, device=self.device))
+            packed.copy_(staging[:total], non_blocking=True)
         if fill_dst:
             k = len(fill_dst)
             dst, src = packed[n:n + k], packed[n + k:n + 2 * k]
             packed[:len(input_ids)].index_copy_(0, dst, prev_tokens.index_select(0, src))
         return packed[:n], width, num_sampling
+
+    def _host_buffer(self, total: int) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Where a step's packed inputs are written on the host: on CUDA straight into one of two
+        pinned staging buffers, used in turn (the previous step's copy may still be queued when
+        this one is packed, asynchronous scheduling; the one before it is done). Packing through
+        numpy, never torch: a torch copy of more than 32,768 elements (its grain size) runs on the
+        intra-op thread pool, and waking it stalled steps by 1-5 ms on the H100 machines once a
+        long context made the block tables that large (perf/results/2026-11-23-h100/part4/
+        context_sweep)."""
+        if self.device.type != "cuda":
+            return np.empty(total, dtype=np.int64), None
+        self._turn ^= 1
+        staging = self._staging[self._turn]
+        if staging is None or staging.numel() < total:
+            staging = self._staging[self._turn] = torch.empty(max(total, 1 << 16), dtype=torch.long,
+                                                              pin_memory=True)
+        return staging.numpy()[:total], staging
 
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
         """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
