@@ -53,13 +53,16 @@ class LlamaModel:
         written into `logits_out` when given (CUDA graphs share one such buffer)."""
         cfg, w, ops = self.cfg, self.w, self.ops
         h = F.embedding(x.input_ids, w["embed"])
+        # Which sequence each query tile of the attention belongs to: once per step, not per layer.
+        tile_seqs = ops.attention_tile_map(x.cu_seqlens_q, h.shape[0], x.max_seqlen_q, cfg.num_heads,
+                                           cfg.num_kv_heads, cfg.head_dim, h.dtype)
         residual = None
         for i in range(cfg.num_layers):
             if residual is None:
                 residual, h = h, ops.rms_norm(h, w[f"{i}.input_norm"], cfg.rms_norm_eps)
             else:
                 h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
-            h = self._attention(i, h, x, kv_cache[i])
+            h = self._attention(i, h, x, kv_cache[i], tile_seqs)
             h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps)
             h = F.linear(ops.silu_and_mul(F.linear(h, w[f"{i}.gate_up"])), w[f"{i}.down"])
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
@@ -67,7 +70,7 @@ class LlamaModel:
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
         return torch.mm(h, w["lm_head"].t(), out=logits_out)
 
-    def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache) -> torch.Tensor:
+    def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache, tile_seqs) -> torch.Tensor:
         cfg = self.cfg
         T = h.shape[0]
         qkv = F.linear(h, self.w[f"{i}.qkv"])
@@ -79,5 +82,6 @@ class LlamaModel:
         q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
         o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
                                      x.cu_seqlens_q, x.max_seqlen_q, self.scale,
-                                     max_context_len=x.max_context_len, num_splits=x.num_kv_splits)
+                                     max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
+                                     tile_seqs=tile_seqs)
         return F.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

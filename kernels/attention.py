@@ -40,7 +40,7 @@ import triton.language as tl
 from ._alloc import new_output
 from .heuristics import choose_num_splits, choose_prefill_splits
 
-__all__ = ["paged_attention", "choose_num_splits", "AttnConfig", "default_config"]
+__all__ = ["paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
 
 _LOG2E = 1.4426950408889634
 
@@ -167,7 +167,7 @@ def _attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr,
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
-    cu_seqlens_q_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    cu_seqlens_q_ptr, tile_seqs_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
     qk_scale, num_splits, num_tokens, num_seqs,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -190,17 +190,11 @@ def _paged_attention_kernel(
         # s owns the tiles [cu[s] // BLOCK_Q + s, cu[s+1] // BLOCK_Q + s + 1),
         # which covers its cdiv(qlen, BLOCK_Q) tiles (spares exit below); the
         # grid size T // BLOCK_Q + B depends on host ints only, so a CUDA
-        # graph can be captured once per token-count bucket.  Find s by
-        # binary search over that monotone sequence.
-        lo = 0
-        hi = num_seqs
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid <= pid:
-                lo = mid + 1
-            else:
-                hi = mid
-        seq = lo - 1
+        # graph can be captured once per token-count bucket.  Which sequence
+        # a tile belongs to comes from tile_seqs (attention_tile_map, made
+        # once per step): one load instead of a binary search of dependent
+        # loads in each of the thousands of programs of a mixed step.
+        seq = tl.load(tile_seqs_ptr + pid)
         q_tile = pid - (tl.load(cu_seqlens_q_ptr + seq) // BLOCK_Q + seq)
     else:
         # Grid: (query tiles of the longest query, kv heads * splits, sequences).
@@ -321,9 +315,36 @@ def _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     assert block_tables.shape[0] == context_lens.numel()
 
 
+def _block_q(max_seqlen_q, group_pad, head_dim, dtype, config=None) -> int:
+    """Query tokens per tile (it does not depend on the split count)."""
+    return max((config or default_config(max_seqlen_q, group_pad, head_dim, dtype)).block_m,
+               group_pad) // group_pad
+
+
+def attention_tile_map(cu_seqlens_q, num_tokens, max_seqlen_q, num_q_heads, num_kv_heads,
+                       head_dim, dtype):
+    """The sequence of every query tile of the flat grid, computed on the device from
+    cu_seqlens_q (no sync, so it can sit in a CUDA graph); None when the step takes the decode
+    grid. A model computes it once per step and passes it to each layer's paged_attention."""
+    block_q = _block_q(max_seqlen_q, triton.next_power_of_2(num_q_heads // num_kv_heads), head_dim, dtype)
+    if max_seqlen_q <= block_q:
+        return None
+    num_seqs = cu_seqlens_q.numel() - 1
+    return _tile_seqs(cu_seqlens_q, num_tokens // block_q + num_seqs, block_q)
+
+
+def _tile_seqs(cu_seqlens_q, num_q_tiles: int, block_q: int) -> torch.Tensor:
+    """tile -> sequence for the flat grid: the last sequence whose first tile
+    (cu[s] // block_q + s) is at or before the tile."""
+    num_seqs = cu_seqlens_q.numel() - 1
+    ids = torch.arange(num_q_tiles, device=cu_seqlens_q.device, dtype=cu_seqlens_q.dtype)
+    starts = cu_seqlens_q[:-1] // block_q + ids[:num_seqs]
+    return (torch.searchsorted(starts, ids, right=True) - 1).to(torch.int32)
+
+
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None, max_context_len=None):
+                    num_splits=None, config=None, max_context_len=None, tile_seqs=None):
     """Triton version of reference.paged_attention (same signature).
 
     Extra keyword-only knobs: num_splits (None = choose_num_splits; 1 = no
@@ -333,7 +354,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     kernels for differently shaped inputs (CUDA graph vs eager) pass the same
     bounds.  max_seqlen_q must be >= every sequence's query length; it may be
     larger (a padded step).  Output rows past cu_seqlens_q[-1] are left
-    unwritten.
+    unwritten.  tile_seqs: attention_tile_map's result for this step (None:
+    made here when the flat grid needs it).
     """
     _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     if q.stride(2) != 1:
@@ -350,8 +372,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     if max_context_len is None:
         max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
     # The query tile (and so the grid kind) does not depend on the split count.
-    block_q = max((config or default_config(max_seqlen_q, group_pad, head_dim, q.dtype)).block_m,
-                  group_pad) // group_pad
+    block_q = _block_q(max_seqlen_q, group_pad, head_dim, q.dtype, config)
     # One query tile per sequence (decode): a (1, heads, seqs) grid needs no
     # search.  Otherwise the flat grid: its size does not depend on how the
     # tokens are spread over sequences, only on their totals.
@@ -370,6 +391,12 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     assert max(config.block_m, group_pad) // group_pad == block_q
     num_q_tiles = num_tokens // block_q + num_seqs if flat else 1
     split = num_splits > 1
+    if flat:
+        if tile_seqs is None:
+            tile_seqs = _tile_seqs(cu_seqlens_q, num_q_tiles, block_q)
+        assert tile_seqs.numel() == num_q_tiles, "tile_seqs is for another step shape"
+    else:
+        tile_seqs = cu_seqlens_q   # unused by the kernel
 
     if split:
         part_m = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
@@ -382,7 +409,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (num_q_tiles, num_kv_heads * num_splits, 1 if flat else num_seqs)
     _paged_attention_kernel[grid](
-        q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+        q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, tile_seqs,
         out, part_m, part_l, part_acc,
         float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
         q.stride(0), q.stride(1),

@@ -18,6 +18,7 @@ from .heuristics import choose_num_splits  # same API on both kernel sets
 
 __all__ = [
     "paged_attention",
+    "attention_tile_map",
     "rms_norm",
     "fused_add_rms_norm",
     "apply_rope",
@@ -50,9 +51,15 @@ def gather_kv(k_cache, v_cache, block_table_row, context_len):
     return k[:context_len], v[:context_len]
 
 
+def attention_tile_map(cu_seqlens_q, num_tokens, max_seqlen_q, num_q_heads, num_kv_heads,
+                       head_dim, dtype):
+    """The Triton kernel's per-step tile -> sequence map; the reference needs none."""
+    return None
+
+
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None, max_context_len=None):
+                    num_splits=None, config=None, max_context_len=None, tile_seqs=None):
     """Causal attention of packed query tokens over a paged KV cache.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];

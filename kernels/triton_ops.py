@@ -1,13 +1,14 @@
 """The Triton kernel set, with the same names and signatures as reference.py."""
 
 from .activation import silu_and_mul
-from .attention import AttnConfig, default_config, paged_attention
+from .attention import AttnConfig, attention_tile_map, default_config, paged_attention
 from .heuristics import choose_num_splits
 from .norm import fused_add_rms_norm, rms_norm
 from .rope import apply_rope, rope_and_write_kv
 
 __all__ = [
     "paged_attention",
+    "attention_tile_map",
     "rms_norm",
     "fused_add_rms_norm",
     "apply_rope",

@@ -169,6 +169,44 @@ def test_paged_attention_padded_step_matches_unpadded(splits):
         check_close(f"unpadded step splits={splits}", unpadded, expected, ATTN_TOL[torch.float32])
 
 
+def test_attention_tile_map_matches_tile_ownership():
+    """Sequence s's tiles start at cu[s] // BQ + s in the flat grid: the map gives every tile the
+    last sequence whose first tile is at or before it (what the kernel's binary search found)."""
+    from kernels.attention import _block_q, attention_tile_map
+    for _ in range(50):
+        n = random.randint(1, 9)
+        qlens = [random.choice([0, 1, random.randint(1, 70)]) for _ in range(n)]
+        cu = torch.tensor([0] + list(torch.tensor(qlens).cumsum(0)), dtype=torch.int32, device=DEVICE)
+        tokens = int(cu[-1]) + random.randint(0, 40)          # a padded step has spare tokens
+        max_q = max(max(qlens), 1) + random.randint(0, 30)
+        hq, hkv, d = random.choice([(8, 2, 64), (4, 4, 128), (6, 2, 64)])
+        tiles = attention_tile_map(cu, tokens, max_q, hq, hkv, d, torch.float32)
+        bq = _block_q(max_q, 1 << (hq // hkv - 1).bit_length(), d, torch.float32)
+        if max_q <= bq:
+            assert tiles is None
+            continue
+        starts = [int(cu[s]) // bq + s for s in range(n)]
+        expected = [max(s for s in range(n) if starts[s] <= t) for t in range(tokens // bq + n)]
+        assert tiles.tolist() == expected, (qlens, tokens, bq)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_paged_attention_with_a_shared_tile_map(splits):
+    """The model makes the map once per step and hands it to every layer: same output as the
+    map the kernel wrapper makes itself, and as the reference."""
+    from kernels import triton_ops
+    n = random.randint(2, 6)
+    qlens = [random.choice([1, random.randint(2, 40)]) for _ in range(n)]
+    ctxs = [q + random.randint(0, 40) for q in qlens]
+    inputs = make_attention_inputs(qlens, ctxs, 8, 2, 64, 16, torch.float32)
+    tiles = triton_ops.attention_tile_map(inputs["cu_seqlens_q"], inputs["q"].shape[0], inputs["max_seqlen_q"],
+                                          8, 2, 64, torch.float32)
+    expected = ref_ops.paged_attention(**inputs)
+    out = _run_triton(inputs, num_splits=splits, tile_seqs=tiles)
+    check_close(f"shared tile map splits={splits}", out, expected, ATTN_TOL[torch.float32])
+    assert torch.equal(out, _run_triton(inputs, num_splits=splits))
+
+
 def test_paged_attention_all_sequences_empty():
     inputs = make_attention_inputs([0, 0], [4, 9], 2, 2, 16, 4, torch.float32)
     assert _run_triton(inputs).shape == (0, 2, 16)
