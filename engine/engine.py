@@ -86,6 +86,11 @@ class LLMEngine:
         # triggered by per-step garbage does not walk it (a multi-millisecond stall in a step).
         gc.collect()
         gc.freeze()
+        if self.runner.device.type == "cuda":
+            # The host side of a GPU step is one thread's bookkeeping on small tensors; torch's
+            # intra-op thread pool only adds wake-ups (a pooled 32k-element copy stalled steps by
+            # 1-5 ms, perf/results/2026-11-23-h100/part4/context_sweep).
+            torch.set_num_threads(1)
 
     # ----- requests ------------------------------------------------------------------------------
     @property
