@@ -15,6 +15,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+import torch
 
 from tokenizers import Tokenizer
 
