@@ -15,8 +15,8 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-import torch
 
+import torch
 from tokenizers import Tokenizer
 
 from engine.block_manager import BlockManager
