@@ -18,6 +18,41 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def time_steps(engine) -> tuple[list, dict[str, float]]:
+    """Instrument an engine: CUDA events around each graph replay (its GPU time) and the host
+    time of each phase of a step (no extra synchronization: a phase that blocks on the device,
+    e.g. a pinned or device allocation, shows up as its own time). Returns (the events list,
+    filled per replay, and the phase-time dict in ms, summed until cleared)."""
+    graphs, replay = engine.runner.graphs, engine.runner.graphs.replay
+    events: list = []
+
+    def timed_replay(shape, width):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = replay(shape, width)
+        b.record()
+        events.append((a, b))
+        return out
+    graphs.replay = timed_replay
+    phases: dict[str, float] = {}
+
+    def timed(obj, name, label):
+        inner = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                phases[label] = phases.get(label, 0.0) + (time.perf_counter() - t) * 1e3
+        setattr(obj, name, wrapper)
+    for obj, name in ((engine, "add_request"), (engine.scheduler, "schedule"), (engine.runner, "prepare"),
+                      (engine.runner, "run"), (engine.sampler, "sample"), (engine, "_read_tokens"),
+                      (engine.block_manager, "commit")):
+        timed(obj, name, name.strip("_"))
+    return events, phases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
@@ -45,40 +80,8 @@ def main() -> None:
         engine.step()
     engine.add_request("long", torch.randint(10, vocab, (args.prompt,), generator=g).tolist(),
                        SamplingParams(max_tokens=1, temperature=0))
-    # GPU time of each step's graph (CUDA events around the replay) and the garbage collections
-    # that ran during the step: is a slow step slow on the GPU or on the host?
+    events, phases = time_steps(engine)
     import gc
-    graphs, replay = engine.runner.graphs, engine.runner.graphs.replay
-    events = []
-
-    def timed_replay(shape, width):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        out = replay(shape, width)
-        b.record()
-        events.append((a, b))
-        return out
-    graphs.replay = timed_replay
-    # Host time per phase of each step (no extra synchronization: a phase that blocks on the
-    # device, e.g. a pinned or device allocation, shows up as its own time).
-    phases: dict[str, float] = {}
-
-    def timed(obj, name, label):
-        inner = getattr(obj, name)
-
-        def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return inner(*a, **k)
-            finally:
-                phases[label] = phases.get(label, 0.0) + (time.perf_counter() - t) * 1e3
-        setattr(obj, name, wrapper)
-    timed(engine.scheduler, "schedule", "schedule")
-    timed(engine.runner, "prepare", "prepare")
-    timed(engine.runner, "run", "run")
-    timed(engine.sampler, "sample", "sample")
-    timed(engine, "_read_tokens", "read_tokens")
-    timed(engine.block_manager, "commit", "commit")
     collections = [0]
     gc.callbacks.append(lambda phase, info: collections.__setitem__(0, collections[0] + (phase == "start")))
     rows = []
