@@ -258,12 +258,15 @@ def _paged_attention_kernel(
 
     if SPLIT:
         # Partials are [num_splits, num_tokens, NUM_Q_HEADS(, HEAD_DIM)] fp32.
-        # An empty split stores m=-inf, l=0, acc=0, which the merge ignores.
+        # An empty split (most splits of a short sequence in a step that also
+        # holds a long one) stores only m=-inf and l=0: the merge reads no
+        # accumulator where m is -inf, so that one is never written.
         part_row = (split * num_tokens + token_idx) * NUM_Q_HEADS + head
         tl.store(part_m_ptr + part_row, m_i, mask=row_ok)
         tl.store(part_l_ptr + part_row, l_i, mask=row_ok)
-        tl.store(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], acc,
-                 mask=row_ok[:, None])
+        if hi > lo:
+            tl.store(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], acc,
+                     mask=row_ok[:, None])
     else:
         # Every valid row sees at least position 0, so l_i > 0 there.
         l_safe = tl.where(row_ok, l_i, 1.0)
@@ -289,8 +292,10 @@ def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
     # Split 0 always sees position 0, so m_max is finite for real tokens.
     m_max = tl.max(m, 0)
     w = tl.math.exp2(m - m_max)
+    # Splits that saw nothing (m = -inf) weigh 0 and may not have written acc.
+    seen = split_ok & (m > float("-inf"))
     acc = tl.load(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :],
-                  mask=split_ok[:, None], other=0.0)
+                  mask=seen[:, None], other=0.0)
     o = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
     tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
              o.to(out_ptr.dtype.element_ty))
