@@ -48,25 +48,30 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # ----- prefix cache --------------------------------------------------------------------------
+    @staticmethod
+    def _block_hash(parent: int, tokens: tuple) -> int:
+        """A full block's identity: its tokens chained with its predecessor's hash (0 for the first)."""
+        return hash((parent, tokens))
+
     def _chain_hashes(self, token_ids: list[int], num_full_blocks: int, start_hashes: list[int]) -> list[int]:
         hashes = list(start_hashes)
         bs = self.block_size
         for i in range(len(hashes), num_full_blocks):
             parent = hashes[-1] if hashes else 0
-            hashes.append(hash((parent, tuple(token_ids[i * bs:(i + 1) * bs]))))
+            hashes.append(self._block_hash(parent, tuple(token_ids[i * bs:(i + 1) * bs])))
         return hashes
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of the sequence's tokens, leaving at least one
-        token to compute (its logits give the next token). Hashes as _chain_hashes does, block by
-        block, stopping at the first miss (on the hot path of every admission)."""
+        token to compute (its logits give the next token). Hashes block by block, stopping at
+        the first miss (on the hot path of every admission), instead of chaining them all first."""
         if not self.prefix_caching:
             return []
         bs, ids, cached, block_tokens = self.block_size, seq.token_ids, self.cached, self.block_tokens
         hits, parent = [], 0
         for start in range(0, (seq.num_tokens - 1) // bs * bs, bs):
             tokens = tuple(ids[start:start + bs])
-            parent = hash((parent, tokens))
+            parent = self._block_hash(parent, tokens)
             block = cached.get(parent)
             if block is None or block_tokens[block] != tokens:
                 break

@@ -32,6 +32,7 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self._staging: list[torch.Tensor | None] = [None, None]   # pinned host buffers for step inputs
         self._turn = 0
+        self.last_shape: StepShape | None = None   # the padded shape of the last step (diagnostics)
         weights = fused_weights(model_cfg, load_state_dict(config.model_dir, self.dtype, self.device))
         self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len)
         self.num_blocks = config.num_kv_blocks or self._blocks_that_fit()
@@ -192,7 +193,7 @@ class ModelRunner:
         if self.buckets:
             max_context = max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
             shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
-        self.last_shape = shape   # for diagnostics (perf/bench_scheduler.py)
+        self.last_shape = shape
         packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
         if self.graphs is not None and shape in self.graphs:
             logits = self.graphs.replay(shape, width)

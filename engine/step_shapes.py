@@ -98,6 +98,9 @@ class ShapeBuckets:
     # H100, 1B shape, 32 decodes + a 224-token chunk over up to 8k context: p99 step 3.98 ms with 4
     # splits, 4.30 with 8, ~5.9 with 16, 4.6 unsplit (perf/results/2026-11-23-h100/async/splits/):
     # every split adds programs and partial results for the whole padded step, not only the chunk.
+    # Measured again with the attention budget of prefill chunks: 4 / 8 / 16 splits -> ITL ratio
+    # 2.01x / 2.45x / 2.79x (part4/splits_77e5a15), 8 splits 2.19x once empty splits stopped
+    # writing partials (part4/empty_splits_30edc0e).
     LONG_CONTEXT_SPLITS = 4
     # A step of at most 16 sequences (a prefix-cache hit: one sequence's few tokens over a long
     # cached context) has only its KV heads' programs on the plain grid (8 for the 1B shape):
