@@ -1,0 +1,134 @@
+"""Few-row linear layers: our Triton kernel (kernels/linear.py) against cuBLAS (torch) at the
+weight shapes of Llama-3.2-1B and Llama-3-8B, for 1 and 16 rows (batch-1 decode; a 16-token prompt
+tail after a cached prefix).
+
+    python perf/bench_small_linear.py --out DIR [--sizes 1b,8b] [--rows 1,16]
+
+Each measurement is a CUDA graph of one layer's op over as many distinct weights as it takes to
+pass 256 MB (so the weights come from HBM, not L2, as in the model), replayed and timed with
+triton.testing.do_bench (median); the time per op includes the gaps between kernels in a graph,
+which at these sizes are a large share. For each shape: cuBLAS, the best kernel config of a sweep,
+and the bandwidth both reach (weight bytes / time), against the copy bandwidth measured in the same
+run. The gated rows compare the fused SwiGLU form against cuBLAS + our silu_and_mul kernel.
+Writes DIR/small_linear.json (device, command, git commit, flat metrics, the best configs).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from perf.meta import git_commit  # noqa: E402
+
+# (hidden, intermediate, q heads, kv heads, head dim, vocab)
+SHAPES = {"1b": (2048, 8192, 32, 8, 64, 128256), "8b": (4096, 14336, 32, 8, 128, 128256)}
+
+
+def layer_shapes(size: str) -> dict[str, tuple[int, int, bool]]:
+    """name -> (N, K, gated) of each linear layer of the model."""
+    h, inter, nq, nkv, d, vocab = SHAPES[size]
+    return {"qkv": ((nq + 2 * nkv) * d, h, False), "o": (nq * d, h, False),
+            "gate_up": (2 * inter, h, True), "down": (h, inter, False), "lm_head": (vocab, h, False)}
+
+
+def graph_ms(op, weights) -> float:
+    """Median ms per op of a CUDA graph that applies `op` once to each weight."""
+    import triton.testing
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for w in weights:      # warm-up (compiles, allocator) outside the capture
+            op(w)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            op(w)
+    ms = triton.testing.do_bench(graph.replay, warmup=10, rep=60, return_mode="median")
+    return ms / len(weights)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="perf/results/latest")
+    ap.add_argument("--sizes", default="1b,8b")
+    ap.add_argument("--rows", default="1,16")
+    ap.add_argument("--quick", action="store_true", help="a smaller config sweep")
+    args = ap.parse_args()
+    import torch.nn.functional as F
+
+    from kernels.activation import silu_and_mul
+    from kernels.linear import LinearConfig, small_linear
+    from perf.bench_engine import copy_bandwidth_tbps
+
+    copy = copy_bandwidth_tbps()
+    metrics: dict[str, float] = {"copy_tbps": copy}
+    best_configs: dict[str, dict] = {}
+    dtype = torch.bfloat16
+    block_ns = (16, 32, 64)
+    block_ks = (128, 256) if args.quick else (128, 256, 512)
+    splits = (1, 2, 4) if args.quick else (1, 2, 4, 8)
+    for size in args.sizes.split(","):
+        for name, (n, k, gated) in layer_shapes(size).items():
+            nbytes = n * k * 2
+            copies = max(2, -(-(256 << 20) // nbytes))
+            weights = [torch.randn(n, k, dtype=dtype, device="cuda") * k ** -0.5 for _ in range(copies)]
+            for m in [int(r) for r in args.rows.split(",")]:
+                key = f"{size}_{name}_m{m}"
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                ref = F.linear(x, weights[0])
+                if gated:
+                    ref = silu_and_mul(ref)
+                    cublas = graph_ms(lambda w: silu_and_mul(F.linear(x, w)), weights)
+                else:
+                    cublas = graph_ms(lambda w: F.linear(x, w), weights)
+                results = []
+                for bn, bk, split in itertools.product(block_ns, block_ks, splits):
+                    if name == "lm_head" and split > 1:
+                        continue     # 128k rows fill the GPU without splitting
+                    cfg = LinearConfig(block_n=bn, block_k=bk, split_k=split)
+                    out = small_linear(x, weights[0], cfg, gated=gated)
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    assert err < 2e-2, (key, cfg, err)
+                    results.append((graph_ms(lambda w: small_linear(x, w, cfg, gated=gated), weights), cfg))
+                ms, cfg = min(results, key=lambda r: r[0])
+                # Second pass: warps and pipeline depth around the best tile.
+                for warps, stages in itertools.product((2, 4, 8), (3, 4, 5, 6)):
+                    c2 = LinearConfig(block_n=cfg.block_n, block_k=cfg.block_k, split_k=cfg.split_k,
+                                      num_warps=warps, num_stages=stages)
+                    try:
+                        t = graph_ms(lambda w: small_linear(x, w, c2, gated=gated), weights)
+                    except Exception as e:  # noqa: BLE001  (a config can exceed shared memory)
+                        print(f"  {key} {c2}: {type(e).__name__}", flush=True)
+                        continue
+                    if t < ms:
+                        ms, cfg = t, c2
+                metrics[f"{key}_cublas_us"] = cublas * 1e3
+                metrics[f"{key}_triton_us"] = ms * 1e3
+                metrics[f"{key}_cublas_tbps"] = nbytes / (cublas * 1e-3) / 1e12
+                metrics[f"{key}_triton_tbps"] = nbytes / (ms * 1e-3) / 1e12
+                metrics[f"{key}_speedup"] = cublas / ms
+                best_configs[key] = cfg.__dict__
+                print(f"{key:18s} N={n:6d} K={k:5d}  cublas {cublas * 1e3:7.2f} us "
+                      f"({metrics[f'{key}_cublas_tbps']:.2f} TB/s)  triton {ms * 1e3:7.2f} us "
+                      f"({metrics[f'{key}_triton_tbps']:.2f} TB/s)  x{cublas / ms:.2f}  {cfg}", flush=True)
+            del weights
+            torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"device": torch.cuda.get_device_name(), "command": " ".join(["python"] + sys.argv),
+              "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "metrics": metrics,
+              "best_configs": best_configs}
+    (out / "small_linear.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
