@@ -64,16 +64,16 @@ class LlamaModel:
                 h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
             h = self._attention(i, h, x, kv_cache[i], tile_seqs)
             h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps)
-            h = F.linear(ops.silu_and_mul(F.linear(h, w[f"{i}.gate_up"])), w[f"{i}.down"])
+            h = ops.linear(ops.linear(h, w[f"{i}.gate_up"], gated=True), w[f"{i}.down"])
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
         h, residual = h[x.logits_indices], residual[x.logits_indices]
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
-        return torch.mm(h, w["lm_head"].t(), out=logits_out)
+        return ops.linear(h, w["lm_head"], out=logits_out)
 
     def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache, tile_seqs) -> torch.Tensor:
         cfg = self.cfg
         T = h.shape[0]
-        qkv = F.linear(h, self.w[f"{i}.qkv"])
+        qkv = self.ops.linear(h, self.w[f"{i}.qkv"])
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(T, cfg.num_heads, cfg.head_dim)
         k = k.view(T, cfg.num_kv_heads, cfg.head_dim)
@@ -84,4 +84,4 @@ class LlamaModel:
                                      x.cu_seqlens_q, x.max_seqlen_q, self.scale,
                                      max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
                                      tile_seqs=tile_seqs)
-        return F.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])
+        return self.ops.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._alloc import new_output
 from .heuristics import choose_num_splits, choose_prefill_splits
+from .pdl import pdl_enabled, wait_for_previous
 
 __all__ = ["paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
 
@@ -176,8 +177,9 @@ def _paged_attention_kernel(
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     kv_head = tl.program_id(1) // num_splits
     split = tl.program_id(1) % num_splits
@@ -279,8 +281,9 @@ def _paged_attention_kernel(
 def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
                          num_splits, num_tokens, stride_ot, stride_oh,
                          NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         SPLITS_PAD: tl.constexpr):
+                         SPLITS_PAD: tl.constexpr, PDL: tl.constexpr):
     """out[t, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s."""
+    wait_for_previous(PDL)
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -424,16 +427,16 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         NUM_Q_HEADS=num_q_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_Q=block_q, BLOCK_N=config.block_n,
-        SPLIT=split, DOT_PRECISION=dot_precision, FLAT=flat,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        SPLIT=split, DOT_PRECISION=dot_precision, FLAT=flat, PDL=(pdl := pdl_enabled(q.device)),
+        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if split:
         _merge_splits_kernel[(num_tokens, num_q_heads)](
             part_m, part_l, part_acc, out, num_splits, num_tokens,
             out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
-            SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)),
-            num_warps=4 if head_dim >= 128 else 2,
+            SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)), PDL=pdl,
+            num_warps=4 if head_dim >= 128 else 2, launch_pdl=pdl,
         )
     return out
 

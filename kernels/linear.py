@@ -16,6 +16,7 @@ at 1.5-2.8 TB/s (perf/bench_small_linear.py measures both side by side).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,10 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
+from .heuristics import num_sms
+from .pdl import pdl_enabled, wait_for_previous
 
-__all__ = ["LinearConfig", "small_linear", "MAX_SMALL_M"]
+__all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M"]
 
 MAX_SMALL_M = 16
 
@@ -42,29 +45,39 @@ class LinearConfig:
 def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                          k_per_split, gate_offset,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         SPLIT: tl.constexpr, GATED: tl.constexpr):
+                         SPLIT: tl.constexpr, GATED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
+    m_mask = offs_m[:, None] < M
+    n_mask = offs_n[:, None] < N
     k_start = pid_k * k_per_split
     x_rows = x_ptr + offs_m[:, None] * stride_xm
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    u_rows = w_rows + gate_offset * stride_wn
+    # The first weight tile is read before waiting for the previous kernel: nothing in a step
+    # writes weights, so this read overlaps that kernel's tail (PDL, see pdl.py).
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    w = tl.load(w_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
     if GATED:
-        u_rows = w_rows + gate_offset * stride_wn
-        acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
+        u = tl.load(u_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
+    wait_for_previous(PDL)
+    x = tl.load(x_rows + offs_k[None, :], mask=m_mask & (offs_k[None, :] < K), other=0.0)
+    acc = tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION, out_dtype=tl.float32)
+    if GATED:
+        acc_up = tl.dot(x, tl.trans(u), input_precision=DOT_PRECISION, out_dtype=tl.float32)
+    for k0 in range(k_start + BLOCK_K, k_start + k_per_split, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        x = tl.load(x_rows + offs_k[None, :], mask=(offs_m[:, None] < M) & k_mask[None, :], other=0.0)
-        w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc)
+        k_mask = offs_k[None, :] < K
+        x = tl.load(x_rows + offs_k[None, :], mask=m_mask & k_mask, other=0.0)
+        w = tl.load(w_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         if GATED:
-            u = tl.load(u_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            acc_up = tl.dot(x, tl.trans(u), acc_up)
-    out_mask = (offs_m[:, None] < M) & n_mask[None, :]
+            u = tl.load(u_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0)
+            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=DOT_PRECISION)
+    out_mask = m_mask & (offs_n[None, :] < N)
     if SPLIT:
         # Partials [split, M, (2 if GATED) * N] in fp32; the reduce kernel applies the gate.
         width = 2 * N if GATED else N
@@ -81,7 +94,9 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
 
 @triton.jit
 def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
-                          SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr):
+                          SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr,
+                          PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -99,10 +114,11 @@ def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
 
 
 def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None = None,
-                 gated: bool = False) -> torch.Tensor:
+                 gated: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (M <= 16) @ w[N, K].T -> [M, N] in x's dtype; fp32 accumulation.
 
     gated: w stacks gate [I, K] over up [I, K]; returns silu(x @ gate.T) * (x @ up.T), [M, I].
+    out: where to write the result (contiguous rows), else a new tensor.
     """
     config = config or LinearConfig()
     assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
@@ -112,7 +128,9 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
         x = x.contiguous()
     M, K = x.shape
     N = w.shape[0] // 2 if gated else w.shape[0]
-    out = new_output((M, N), x.dtype, x.device)
+    if out is None:
+        out = new_output((M, N), x.dtype, x.device)
+    assert out.shape == (M, N) and out.dtype == x.dtype and out.stride(1) == 1
     if M == 0 or N == 0:
         return out
     split = max(1, config.split_k)
@@ -127,10 +145,41 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
                                k_per_split, N,
                                BLOCK_M=MAX_SMALL_M, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                                SPLIT=split > 1, GATED=gated,
+                               DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                               PDL=(pdl := pdl_enabled(x.device)), launch_pdl=pdl,
                                num_warps=config.num_warps, num_stages=config.num_stages)
     if split > 1:
         block = min(1024, triton.next_power_of_2(N))
         _reduce_splits_kernel[(M, triton.cdiv(N, block))](part, out, M, N, out.stride(0),
                                                            SPLIT_K=split, BLOCK=block, GATED=gated,
-                                                           num_warps=4)
+                                                           PDL=pdl, launch_pdl=pdl, num_warps=4)
     return out
+
+
+def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | None = None) -> LinearConfig:
+    """Tiles for an [n, k] weight (n = output features, per half when gated), from the sweep of
+    perf/bench_small_linear.py on an H100 (1B and 8B shapes, 1 and 16 rows)."""
+    if gated:
+        return LinearConfig(block_n=32, block_k=128, num_warps=2, num_stages=3)
+    if n >= 65536:     # vocabulary projection: plenty of programs, wide tiles
+        return LinearConfig(block_n=64, block_k=256, num_warps=4, num_stages=4)
+    sms = num_sms(device.index if device is not None and device.type == "cuda" else None)
+    if k >= 8192 and triton.cdiv(n, 32) <= sms // 2:
+        # Few output rows over a long K (a 1B model's down projection): split K so every SM reads.
+        return LinearConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=5)
+    return LinearConfig(block_n=32, block_k=256, num_warps=4, num_stages=5)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Tensor | None = None):
+    """Triton-side version of reference.linear: our kernel for <= 16 rows, cuBLAS above that
+    (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side)."""
+    if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and os.environ.get("LLM_SMALL_LINEAR", "1") != "0":
+        n = w.shape[0] // 2 if gated else w.shape[0]
+        return small_linear(x, w, choose_linear_config(n, w.shape[1], gated, x.device), gated=gated, out=out)
+    if gated:
+        from .activation import silu_and_mul
+        assert out is None, "the gated form returns a new tensor"
+        return silu_and_mul(torch.nn.functional.linear(x, w))
+    if out is None:
+        return torch.nn.functional.linear(x, w)
+    return torch.mm(x, w.t(), out=out)

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
+from .pdl import pdl_enabled, wait_for_previous
 
 __all__ = ["rms_norm", "fused_add_rms_norm"]
 
@@ -20,7 +21,8 @@ __all__ = ["rms_norm", "fused_add_rms_norm"]
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
                      hidden, eps,
                      stride_x, stride_r, stride_o, stride_ro,
-                     BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                     BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -71,8 +73,8 @@ def _launch(x, residual, weight, eps):
         _rms_norm_kernel[(rows,)](
             x2, r2, weight, out, r_out, hidden, float(eps),
             x2.stride(0), r2.stride(0), out.stride(0), r_out.stride(0),
-            BLOCK_H=block_h, HAS_RESIDUAL=residual is not None,
-            num_warps=num_warps)
+            BLOCK_H=block_h, HAS_RESIDUAL=residual is not None, PDL=(pdl := pdl_enabled(x.device)),
+            num_warps=num_warps, launch_pdl=pdl)
     out = out.view(x.shape)
     return out, (r_out.view(x.shape) if residual is not None else None)
 

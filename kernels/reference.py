@@ -24,6 +24,7 @@ __all__ = [
     "apply_rope",
     "rope_and_write_kv",
     "silu_and_mul",
+    "linear",
     "choose_num_splits",
 ]
 
@@ -181,3 +182,17 @@ def silu_and_mul(x):
     inter = x.shape[-1] // 2
     xf = x.to(_compute_dtype(x.dtype))
     return (F.silu(xf[..., :inter]) * xf[..., inter:]).to(x.dtype)
+
+
+def linear(x, w, gated=False, out=None):
+    """x [T, K] @ w [N, K].T in x's dtype (torch's matmul: cuBLAS on a GPU).
+
+    gated: w stacks gate [I, K] over up [I, K] and the result is silu_and_mul of the product.
+    out: write the (non-gated) result there.
+    """
+    if gated:
+        assert out is None, "the gated form returns a new tensor"
+        return silu_and_mul(F.linear(x, w))
+    if out is None:
+        return F.linear(x, w)
+    return torch.mm(x, w.t(), out=out)

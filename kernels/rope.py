@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
+from .pdl import pdl_enabled, wait_for_previous
 
 __all__ = ["apply_rope", "rope_and_write_kv"]
 
@@ -43,7 +44,8 @@ def _rope_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr,
                  stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
                  HALF: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
                  KV_HEADS_PAD: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                 WRITE_CACHE: tl.constexpr):
+                 WRITE_CACHE: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     i = tl.arange(0, HALF)
@@ -118,7 +120,7 @@ def _launch(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping):
         cos_sin_cache.stride(0), *cache_strides,
         HALF=half, Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
         KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads), PAGE_SIZE=page_size,
-        WRITE_CACHE=write, num_warps=4)
+        WRITE_CACHE=write, PDL=(pdl := pdl_enabled(q.device)), num_warps=4, launch_pdl=pdl)
     return q_out, k_out
 
 

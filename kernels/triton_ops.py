@@ -3,6 +3,7 @@
 from .activation import silu_and_mul
 from .attention import AttnConfig, attention_tile_map, default_config, paged_attention
 from .heuristics import choose_num_splits
+from .linear import linear
 from .norm import fused_add_rms_norm, rms_norm
 from .rope import apply_rope, rope_and_write_kv
 
@@ -14,6 +15,7 @@ __all__ = [
     "apply_rope",
     "rope_and_write_kv",
     "silu_and_mul",
+    "linear",
     "choose_num_splits",
     "AttnConfig",
     "default_config",
