@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.sequence import Sequence
+from kernels import get_ops
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SampledTokens:
 class Sampler:
     def __init__(self, device: torch.device, seed: int = 0):
         self.device = device
+        self.ops = get_ops(device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
@@ -65,28 +67,28 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device."""
-        logits = logits.float()
-        # Raw log-probabilities are logits - logsumexp: only the rows' normalizers are computed,
-        # never a second [batch, vocab] tensor (at batch 256 x 128k vocab that is 128 MB a step).
-        lse = torch.logsumexp(logits, dim=-1)
+        # One pass over the vocabulary gives every row's greedy token and its normalizer: raw
+        # log-probabilities are logits - logsumexp, so no second [batch, vocab] tensor is made
+        # (at batch 256 x 128k vocab that is 128 MB a step), nor an fp32 copy of the logits.
+        greedy, lse = self.ops.argmax_logsumexp(logits)
         processed = logits
         if any(s.params.has_penalties for s in seqs):
-            processed = self._apply_penalties(logits.clone(), seqs)
+            processed = self._apply_penalties(logits.to(torch.float32, copy=True), seqs)
         processed = self._block_stop_tokens(processed, seqs)
-        chosen = processed.argmax(dim=-1)
+        chosen = greedy if processed is logits else processed.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if random_rows:
             rows = self._to_device(random_rows, torch.long)
-            probs = self._filtered_probs(processed[rows], [seqs[i] for i in random_rows])
+            probs = self._filtered_probs(processed[rows].float(), [seqs[i] for i in random_rows])
             noise = self._exponential_noise(probs, [seqs[i] for i in random_rows])
             chosen[rows] = (probs / noise).argmax(dim=-1)
-        chosen_logprobs = logits.gather(1, chosen[:, None]).squeeze(1) - lse
+        chosen_logprobs = logits.gather(1, chosen[:, None]).squeeze(1).float() - lse
         parts = [chosen.double(), chosen_logprobs.double()]
         top_ks = [s.params.logprobs or 0 for s in seqs]
         k_max = max(top_ks, default=0)
         if k_max > 0:
             vals, ids = logits.topk(k_max, dim=-1)
-            parts += [ids.flatten().double(), (vals - lse[:, None]).flatten().double()]
+            parts += [ids.flatten().double(), (vals.float() - lse[:, None]).flatten().double()]
         packed = torch.cat(parts)
         if packed.device.type != "cuda":
             return SampledTokens(chosen, packed, None, top_ks)

@@ -25,6 +25,7 @@ __all__ = [
     "rope_and_write_kv",
     "silu_and_mul",
     "linear",
+    "argmax_logsumexp",
     "choose_num_splits",
 ]
 
@@ -196,3 +197,9 @@ def linear(x, w, gated=False, out=None):
     if out is None:
         return F.linear(x, w)
     return torch.mm(x, w.t(), out=out)
+
+
+def argmax_logsumexp(logits):
+    """logits [S, V] -> (argmax [S] int64, first index on ties; logsumexp [S] float32)."""
+    x = logits.float()
+    return x.argmax(dim=-1), torch.logsumexp(x, dim=-1)

@@ -6,6 +6,7 @@ from .heuristics import choose_num_splits
 from .linear import linear
 from .norm import fused_add_rms_norm, rms_norm
 from .rope import apply_rope, rope_and_write_kv
+from .sampling import argmax_logsumexp
 
 __all__ = [
     "paged_attention",
@@ -16,6 +17,7 @@ __all__ = [
     "rope_and_write_kv",
     "silu_and_mul",
     "linear",
+    "argmax_logsumexp",
     "choose_num_splits",
     "AttnConfig",
     "default_config",

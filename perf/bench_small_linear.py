@@ -95,7 +95,11 @@ def main() -> None:
                     if name == "lm_head" and split > 1:
                         continue     # 128k rows fill the GPU without splitting
                     cfg = LinearConfig(block_n=bn, block_k=bk, split_k=split)
-                    out = small_linear(x, weights[0], cfg, gated=gated)
+                    try:
+                        out = small_linear(x, weights[0], cfg, gated=gated)
+                    except Exception as e:  # noqa: BLE001  (registers / shared memory exceeded)
+                        print(f"  {key} {cfg}: {type(e).__name__}", flush=True)
+                        continue
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                     assert err < 2e-2, (key, cfg, err)
                     results.append((graph_ms(lambda w: small_linear(x, w, cfg, gated=gated), weights), cfg))

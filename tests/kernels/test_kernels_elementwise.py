@@ -138,3 +138,31 @@ def test_gpu_elementwise_real_shapes(dtype):
     check_close("gpu rope k", got[1], want[1], TOL[dtype])
     check_close("gpu rope k_cache", k_cache, kc_ref, TOL[dtype])
     check_close("gpu rope v_cache", v_cache, vc_ref, TOL[dtype])
+
+
+# --------------------------------------------------------------------------
+# Greedy token + log-normalizer (the sampler's reductions)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
+@pytest.mark.parametrize("rows,vocab", [(1, 5000), (3, 1000), (9, 2500), (2, 7)])
+def test_argmax_logsumexp(dtype, rows, vocab):
+    x = (torch.randn(rows, vocab, device=DEVICE) * 4).to(dtype)
+    ids, lse = _ops().argmax_logsumexp(x)
+    ref_ids, ref_lse = ref_ops.argmax_logsumexp(x)
+    assert ids.dtype == torch.int64 and torch.equal(ids, ref_ids)
+    check_close(f"logsumexp {rows}x{vocab} {dtype}", lse, ref_lse, 1e-5)
+
+
+def test_argmax_logsumexp_ties_and_blocked_tokens():
+    """Ties go to the first index (as torch.argmax), also across chunks; -inf entries (blocked
+    tokens) and whole -inf stretches add nothing and make no NaN."""
+    x = torch.randn(4, 6000, device=DEVICE)
+    x[0, [10, 3000, 5999]] = 50.0          # same max in three chunks: the first wins
+    x[1, :4000] = float("-inf")            # many chunks of -inf only
+    x[2, 5998] = x[2, 5999] = 40.0
+    x[3, 0] = float("-inf")
+    ids, lse = _ops().argmax_logsumexp(x)
+    ref_ids, ref_lse = ref_ops.argmax_logsumexp(x)
+    assert ids.tolist() == ref_ids.tolist() and ids[0].item() == 10 and ids[2].item() == 5998
+    check_close("logsumexp with -inf", lse, ref_lse, 1e-5)

@@ -1,0 +1,92 @@
+"""Greedy token and log-normalizer of each row of the logits, in one pass over the vocabulary.
+
+argmax_logsumexp(logits [S, V]) -> (argmax [S] int64, logsumexp [S] fp32). The sampler needs both
+for every row (the greedy token, and the normalizer of the returned log-probabilities). torch does
+them as separate reductions after casting the logits to fp32, and reduces a row of a 128k
+vocabulary in one thread block: at batch 1 that took ~80 us of a 1.3 ms decode step on the H100.
+Here the vocabulary is cut into chunks so the programs fill the GPU; each chunk keeps a running
+max, the first index reaching it and the sum of exp(x - max) (the online-softmax rescaling), and a
+second kernel combines a row's chunks in order. Ties go to the lowest index, as in torch.argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .heuristics import num_sms
+
+__all__ = ["argmax_logsumexp"]
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _chunk_kernel(x_ptr, part_m_ptr, part_s_ptr, part_i_ptr, V, stride_x, chunk_len, num_chunks,
+                  BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    start = chunk * chunk_len
+    end = tl.minimum(start + chunk_len, V)
+    m = float("-inf")
+    s = 0.0
+    best = start
+    for k0 in range(start, end, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + offs, mask=offs < end, other=float("-inf")).to(tl.float32)
+        bm = tl.max(x, 0)
+        bi = tl.argmax(x, 0, tie_break_left=True) + k0
+        new_m = tl.maximum(m, bm)
+        # A block of -inf only (a blocked token range) adds nothing and must not make NaNs.
+        alpha = tl.where(new_m == float("-inf"), 0.0, tl.exp(m - new_m))
+        e = tl.where(x == float("-inf"), 0.0, tl.exp(x - new_m))
+        s = s * alpha + tl.sum(e, 0)
+        best = tl.where(bm > m, bi, best)   # strictly greater: an earlier equal max stays
+        m = new_m
+    idx = row * num_chunks + chunk
+    tl.store(part_m_ptr + idx, m)
+    tl.store(part_s_ptr + idx, s)
+    tl.store(part_i_ptr + idx, best)
+
+
+@triton.jit
+def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, num_chunks,
+                    CHUNKS_PAD: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, CHUNKS_PAD)
+    ok = c < num_chunks
+    m = tl.load(part_m_ptr + row * num_chunks + c, mask=ok, other=float("-inf"))
+    s = tl.load(part_s_ptr + row * num_chunks + c, mask=ok, other=0.0)
+    i = tl.load(part_i_ptr + row * num_chunks + c, mask=ok, other=2**31 - 1)
+    top = tl.max(m, 0)
+    # Chunks are in vocabulary order, so the lowest index among the chunks reaching the max wins.
+    best = tl.min(tl.where(ok & (m == top), i, 2**31 - 1), 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    tl.store(ids_ptr + row, best.to(tl.int64))
+    tl.store(lse_ptr + row, top + tl.log(tl.sum(s * w, 0)))
+
+
+def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of reference.argmax_logsumexp: (argmax int64 [S], logsumexp fp32 [S])."""
+    assert logits.dim() == 2
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    rows, vocab = logits.shape
+    ids = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    if rows == 0:
+        return ids, lse
+    # About two programs per SM, each chunk at least one block.
+    sms = num_sms(logits.device.index) if logits.is_cuda else 132
+    chunks = max(1, min(triton.cdiv(2 * sms, rows), triton.cdiv(vocab, _BLOCK), 256))
+    chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), _BLOCK) * _BLOCK
+    chunks = triton.cdiv(vocab, chunk_len)
+    part_m = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
+    part_s = torch.empty_like(part_m)
+    part_i = torch.empty((rows, chunks), dtype=torch.int32, device=logits.device)
+    _chunk_kernel[(rows, chunks)](logits, part_m, part_s, part_i, vocab, logits.stride(0), chunk_len,
+                                  chunks, BLOCK=_BLOCK, num_warps=4)
+    _combine_kernel[(rows,)](part_m, part_s, part_i, ids, lse, chunks,
+                             CHUNKS_PAD=max(2, triton.next_power_of_2(chunks)), num_warps=1)
+    return ids, lse
