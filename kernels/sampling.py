@@ -20,9 +20,12 @@ from .heuristics import num_sms
 __all__ = ["argmax_logsumexp"]
 
 _BLOCK = 1024
+_MAX_CHUNKS = 256    # the combine kernel's width: one compiled variant for every batch size
 
 
-@triton.jit
+# Integer arguments that change with the batch size are not specialized on (Triton would compile
+# a variant for a value of 1 or a multiple of 16 in the middle of serving).
+@triton.jit(do_not_specialize=["chunk_len", "num_chunks"])
 def _chunk_kernel(x_ptr, part_m_ptr, part_s_ptr, part_i_ptr, V, stride_x, chunk_len, num_chunks,
                   BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -50,7 +53,7 @@ def _chunk_kernel(x_ptr, part_m_ptr, part_s_ptr, part_i_ptr, V, stride_x, chunk_
     tl.store(part_i_ptr + idx, best)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks"])
 def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, num_chunks,
                     CHUNKS_PAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -79,7 +82,7 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ids, lse
     # About two programs per SM, each chunk at least one block.
     sms = num_sms(logits.device.index) if logits.is_cuda else 132
-    chunks = max(1, min(triton.cdiv(2 * sms, rows), triton.cdiv(vocab, _BLOCK), 256))
+    chunks = max(1, min(triton.cdiv(2 * sms, rows), triton.cdiv(vocab, _BLOCK), _MAX_CHUNKS))
     chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), _BLOCK) * _BLOCK
     chunks = triton.cdiv(vocab, chunk_len)
     part_m = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
@@ -88,5 +91,5 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _chunk_kernel[(rows, chunks)](logits, part_m, part_s, part_i, vocab, logits.stride(0), chunk_len,
                                   chunks, BLOCK=_BLOCK, num_warps=4)
     _combine_kernel[(rows,)](part_m, part_s, part_i, ids, lse, chunks,
-                             CHUNKS_PAD=max(2, triton.next_power_of_2(chunks)), num_warps=1)
+                             CHUNKS_PAD=_MAX_CHUNKS, num_warps=1)
     return ids, lse
