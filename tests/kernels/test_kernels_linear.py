@@ -28,26 +28,16 @@ CONFIGS = [dict(block_n=16, block_k=64, split_k=1), dict(block_n=32, block_k=32,
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}")
-def test_small_linear(dtype, m, n, k, cfg):
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+def test_small_linear(dtype, m, n, k, cfg, gated):
+    """Plain: x @ w.T. Gated: w stacks gate over up, the result is silu_and_mul of the product."""
     lin = _linear()
     x = torch.randn(m, k, dtype=dtype, device=DEVICE)
-    w = torch.randn(n, k, dtype=dtype, device=DEVICE) / k ** 0.5
-    out = lin.small_linear(x, w, lin.LinearConfig(num_stages=2, **cfg))
-    ref = (x.double() @ w.double().T).to(dtype)
-    check_close(f"small_linear {m}x{n}x{k} {cfg}", out, ref, TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
-@pytest.mark.parametrize("m,n,k", SHAPES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}")
-def test_small_linear_gated(dtype, m, n, k, cfg):
-    """w stacks gate over up: the result is silu_and_mul of the full product."""
-    lin = _linear()
-    x = torch.randn(m, k, dtype=dtype, device=DEVICE)
-    w = torch.randn(2 * n, k, dtype=dtype, device=DEVICE) / k ** 0.5
-    out = lin.small_linear(x, w, lin.LinearConfig(num_stages=2, **cfg), gated=True)
-    ref = ref_ops.silu_and_mul((x.double() @ w.double().T).float()).to(dtype)
-    check_close(f"small_linear gated {m}x{n}x{k} {cfg}", out, ref, TOL[dtype])
+    w = torch.randn(2 * n if gated else n, k, dtype=dtype, device=DEVICE) / k ** 0.5
+    out = lin.small_linear(x, w, lin.LinearConfig(num_stages=2, **cfg), gated=gated)
+    full = x.double() @ w.double().T
+    ref = (ref_ops.silu_and_mul(full.float()) if gated else full).to(dtype)
+    check_close(f"small_linear {m}x{n}x{k} {cfg} gated={gated}", out, ref, TOL[dtype])
 
 
 def test_small_linear_rejects_too_many_rows():
