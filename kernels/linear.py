@@ -16,6 +16,7 @@ at 1.5-2.8 TB/s (perf/bench_small_linear.py measures both side by side).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -23,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import reference
 from ._alloc import new_output
+from .activation import silu_and_mul
 from .heuristics import num_sms
 from .pdl import pdl_enabled, wait_for_previous
 
@@ -156,6 +159,7 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
     return out
 
 
+@functools.lru_cache(maxsize=None)   # asked at every call of an eager step
 def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | None = None) -> LinearConfig:
     """Tiles for an [n, k] weight (n = output features, per half when gated), from the sweep of
     perf/bench_small_linear.py on an H100 (1B and 8B shapes, 1 and 16 rows)."""
@@ -173,13 +177,15 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
 def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Tensor | None = None):
     """Triton-side version of reference.linear: our kernel for <= 16 rows, cuBLAS above that
     (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side)."""
-    if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and os.environ.get("LLM_SMALL_LINEAR", "1") != "0":
+    if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and _small_linear_on():
         n = w.shape[0] // 2 if gated else w.shape[0]
         return small_linear(x, w, choose_linear_config(n, w.shape[1], gated, x.device), gated=gated, out=out)
-    if gated:
-        from .activation import silu_and_mul
+    if gated:   # cuBLAS, then our SiLU-and-mul kernel
         assert out is None, "the gated form returns a new tensor"
         return silu_and_mul(torch.nn.functional.linear(x, w))
-    if out is None:
-        return torch.nn.functional.linear(x, w)
-    return torch.mm(x, w.t(), out=out)
+    return reference.linear(x, w, out=out)
+
+
+@functools.lru_cache(maxsize=None)
+def _small_linear_on() -> bool:
+    return os.environ.get("LLM_SMALL_LINEAR", "1") != "0"

@@ -12,7 +12,7 @@ those reads overlap the previous kernel's tail.
 Every PDL kernel waits before its first dependent read or any write, in every program: that keeps
 the chain transitive (a kernel that completes has seen its predecessor complete), so reading a
 buffer written two kernels earlier is safe too. CUDA graph capture records the launches as
-programmatic edges. LLM_PDL=0 turns it off (launches and kernels then behave as before).
+programmatic edges. LLM_PDL=0 (read once per process) turns it off.
 """
 
 from __future__ import annotations
@@ -28,19 +28,20 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 __all__ = ["pdl_enabled", "wait_for_previous"]
 
 
-@functools.lru_cache(maxsize=None)
-def _is_hopper_or_newer(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def pdl_enabled(device: torch.device) -> bool:
-    """Whether kernels on `device` are launched with PDL (never in the interpreter or on CPU)."""
+    """Whether kernels on `device` are launched with PDL (never in the interpreter or on CPU).
+    Asked at every launch, so the answer (and LLM_PDL) is worked out once per device."""
+    return _pdl_enabled(device.type, device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_enabled(device_type: str, device_index: int | None) -> bool:
     if os.environ.get("LLM_PDL", "1").strip() == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    device = torch.device(device)
-    if device.type != "cuda":
+    if device_type != "cuda":
         return False
-    return _is_hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+    index = device_index if device_index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 @triton.jit

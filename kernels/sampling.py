@@ -81,7 +81,7 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rows == 0:
         return ids, lse
     # About two programs per SM, each chunk at least one block.
-    sms = num_sms(logits.device.index) if logits.is_cuda else 132
+    sms = num_sms(logits.device.index if logits.is_cuda else None)
     chunks = max(1, min(triton.cdiv(2 * sms, rows), triton.cdiv(vocab, _BLOCK), _MAX_CHUNKS))
     chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), _BLOCK) * _BLOCK
     chunks = triton.cdiv(vocab, chunk_len)
