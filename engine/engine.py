@@ -80,9 +80,10 @@ class LLMEngine:
                                    max(config.max_num_batched_tokens, config.max_num_seqs),
                                    config.max_waiting_requests, config.max_prefill_attention_pairs)
         self.sampler = Sampler(self.runner.device, config.seed)
-        # Compile the sampler's kernels now, not in the first request's step.
-        self.sampler.ops.argmax_logsumexp(
-            torch.zeros(1, self.model_config.vocab_size, dtype=self.runner.dtype, device=self.runner.device))
+        # Compile the sampler's kernels now (both forms), not in the first request's step.
+        warm = torch.zeros(1, self.model_config.vocab_size, dtype=self.runner.dtype, device=self.runner.device)
+        self.sampler.ops.argmax_logsumexp(warm)
+        self.sampler.ops.argmax_logsumexp(warm, greedy_out=torch.empty(2, dtype=torch.float64, device=warm.device))
         self.seqs: dict[str, Sequence] = {}
         self._in_flight: _InFlightStep | None = None   # launched, tokens not read yet (see step)
         # Everything allocated so far (torch, the tokenizer, the model's Python objects) lives as

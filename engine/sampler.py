@@ -67,6 +67,14 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device."""
+        top_ks = [s.params.logprobs or 0 for s in seqs]
+        if (all(s.params.greedy and not s.params.has_penalties for s in seqs) and not any(top_ks)
+                and not self._stop_blocked_rows(seqs)):
+            # The common case, all greedy: the kernel below writes the tokens and their
+            # log-probabilities straight into the buffer copied to the host.
+            packed = torch.empty(2 * len(seqs), dtype=torch.float64, device=logits.device)
+            greedy, _ = self.ops.argmax_logsumexp(logits, greedy_out=packed)
+            return self._to_host(greedy, packed, top_ks)
         # One pass over the vocabulary gives every row's greedy token and its normalizer: raw
         # log-probabilities are logits - logsumexp, so no second [batch, vocab] tensor is made
         # (at batch 256 x 128k vocab that is 128 MB a step), nor an fp32 copy of the logits.
@@ -84,12 +92,14 @@ class Sampler:
             chosen[rows] = (probs / noise).argmax(dim=-1)
         chosen_logprobs = logits.gather(1, chosen[:, None]).squeeze(1).float() - lse
         parts = [chosen.double(), chosen_logprobs.double()]
-        top_ks = [s.params.logprobs or 0 for s in seqs]
         k_max = max(top_ks, default=0)
         if k_max > 0:
             vals, ids = logits.topk(k_max, dim=-1)
             parts += [ids.flatten().double(), (vals.float() - lse[:, None]).flatten().double()]
-        packed = torch.cat(parts)
+        return self._to_host(chosen, torch.cat(parts), top_ks)
+
+    @staticmethod
+    def _to_host(chosen: torch.Tensor, packed: torch.Tensor, top_ks: list[int]) -> SampledTokens:
         if packed.device.type != "cuda":
             return SampledTokens(chosen, packed, None, top_ks)
         # One device-to-host copy for everything the host needs, into pinned memory so it is
@@ -128,11 +138,15 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """min_tokens: until a request has that many tokens, its stop tokens cannot be drawn."""
+    def _stop_blocked_rows(seqs: list[Sequence]) -> list[int]:
+        """min_tokens: the rows whose stop tokens cannot be drawn yet."""
         # num_tokens counts tokens still in flight: they precede the one drawn now.
-        rows = [i for i, s in enumerate(seqs)
+        return [i for i, s in enumerate(seqs)
                 if s.num_tokens - s.num_prompt_tokens < s.params.min_tokens and s.stop_ids]
+
+    def _block_stop_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """min_tokens: until a request has that many tokens, its stop tokens cannot be drawn."""
+        rows = self._stop_blocked_rows(seqs)
         if rows:
             logits = logits.clone()
             for i in rows:

@@ -199,7 +199,13 @@ def linear(x, w, gated=False, out=None):
     return torch.mm(x, w.t(), out=out)
 
 
-def argmax_logsumexp(logits):
-    """logits [S, V] -> (argmax [S] int64, first index on ties; logsumexp [S] float32)."""
+def argmax_logsumexp(logits, greedy_out=None):
+    """logits [S, V] -> (argmax [S] int64, first index on ties; logsumexp [S] float32).
+    greedy_out (float64 [2S]), when given, also gets every row's argmax then its log-probability."""
     x = logits.float()
-    return x.argmax(dim=-1), torch.logsumexp(x, dim=-1)
+    ids, lse = x.argmax(dim=-1), torch.logsumexp(x, dim=-1)
+    if greedy_out is not None:
+        n = ids.numel()
+        greedy_out[:n] = ids.double()
+        greedy_out[n:] = (x.max(dim=-1).values - lse).double()
+    return ids, lse

@@ -7,6 +7,12 @@ vocabulary in one thread block: at batch 1 that took ~80 us of a 1.3 ms decode s
 Here the vocabulary is cut into chunks so the programs fill the GPU; each chunk keeps a running
 max, the first index reaching it and the sum of exp(x - max) (the online-softmax rescaling), and a
 second kernel combines a row's chunks in order. Ties go to the lowest index, as in torch.argmax.
+
+For an all-greedy batch the sampler also passes `greedy_out`, float64 [2S]: every row's token, then
+its log-probability (max - logsumexp), which is all it copies to the host. A greedy step then
+launches these two kernels and the copy, where gather, subtract, two casts and a concatenation
+used to add five small kernels and their launches (perf/diag_step_gaps.py shows the step's work
+outside its CUDA graph).
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ def _chunk_kernel(x_ptr, part_m_ptr, part_s_ptr, part_i_ptr, V, stride_x, chunk_
     tl.store(part_i_ptr + idx, best)
 
 
-@triton.jit(do_not_specialize=["num_chunks"])
-def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, num_chunks,
-                    CHUNKS_PAD: tl.constexpr):
+@triton.jit(do_not_specialize=["num_chunks", "rows"])
+def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, greedy_ptr, num_chunks, rows,
+                    CHUNKS_PAD: tl.constexpr, GREEDY_OUT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, CHUNKS_PAD)
     ok = c < num_chunks
@@ -66,12 +72,18 @@ def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, num_ch
     # Chunks are in vocabulary order, so the lowest index among the chunks reaching the max wins.
     best = tl.min(tl.where(ok & (m == top), i, 2**31 - 1), 0)
     w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    lse = top + tl.log(tl.sum(s * w, 0))
     tl.store(ids_ptr + row, best.to(tl.int64))
-    tl.store(lse_ptr + row, top + tl.log(tl.sum(s * w, 0)))
+    tl.store(lse_ptr + row, lse)
+    if GREEDY_OUT:   # the greedy token's logit is the row's max
+        tl.store(greedy_ptr + row, best.to(tl.float64))
+        tl.store(greedy_ptr + rows + row, (top - lse).to(tl.float64))
 
 
-def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of reference.argmax_logsumexp: (argmax int64 [S], logsumexp fp32 [S])."""
+def argmax_logsumexp(logits: torch.Tensor, greedy_out: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of reference.argmax_logsumexp: (argmax int64 [S], logsumexp fp32 [S]);
+    greedy_out (float64 [2S]) also gets [argmax..., max - logsumexp...]."""
     assert logits.dim() == 2
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -90,6 +102,9 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     part_i = torch.empty((rows, chunks), dtype=torch.int32, device=logits.device)
     _chunk_kernel[(rows, chunks)](logits, part_m, part_s, part_i, vocab, logits.stride(0), chunk_len,
                                   chunks, BLOCK=_BLOCK, num_warps=4)
-    _combine_kernel[(rows,)](part_m, part_s, part_i, ids, lse, chunks,
-                             CHUNKS_PAD=_MAX_CHUNKS, num_warps=1)
+    if greedy_out is not None:
+        assert greedy_out.dtype == torch.float64 and greedy_out.shape == (2 * rows,) and greedy_out.is_contiguous()
+    _combine_kernel[(rows,)](part_m, part_s, part_i, ids, lse, ids if greedy_out is None else greedy_out,
+                             chunks, rows, CHUNKS_PAD=_MAX_CHUNKS, GREEDY_OUT=greedy_out is not None,
+                             num_warps=1)
     return ids, lse

@@ -112,7 +112,7 @@ def record_logits(engine: LLMEngine):
         logits = orig(batch, *args)
         sampling = [list(s.token_ids) for i, s in enumerate(batch.seqs) if batch.samples(i)]
         assert len(sampling) == logits.shape[0]
-        records.append(list(zip(sampling, logits.clone())))
+        records.append(list(zip(sampling, logits.float())))
         return logits
 
     engine.runner.run = run

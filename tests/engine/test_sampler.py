@@ -93,6 +93,26 @@ def test_greedy_is_argmax_and_reports_raw_logprobs():
         assert [v for _, v in res.top_logprobs[i]] == pytest.approx(lp[i, top_ids].tolist(), abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_greedy_batch_reports_argmax_and_raw_logprobs(dtype):
+    """The all-greedy path (its logprobs come out of the argmax kernel) and the general one (a
+    penalized row in the batch) report the same tokens and log-probabilities, in the logits'
+    own dtype (the runner hands over bf16 logits on the GPU)."""
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(5, 40, generator=g) * 4).to(dtype)
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    greedy = Sampler(CPU)(logits, seqs_for(SamplingParams(temperature=0.0), 5))
+    assert greedy.token_ids == logits.float().argmax(dim=-1).tolist()
+    assert greedy.logprobs == pytest.approx([lp[i, t].item() for i, t in enumerate(greedy.token_ids)], abs=1e-5)
+    assert greedy.top_logprobs == [None] * 5
+    # One row with a (neutral) penalty sends the batch down the general path: same answers.
+    seqs = seqs_for(SamplingParams(temperature=0.0), 5)
+    seqs[2] = fake_seq([3, 4, 5], SamplingParams(temperature=0.0, repetition_penalty=1.0 + 1e-9), request_id="p")
+    general = Sampler(CPU)(logits, seqs)
+    assert general.token_ids == greedy.token_ids
+    assert general.logprobs == pytest.approx(greedy.logprobs, abs=1e-6)
+
+
 def test_top_k_1_equals_greedy_whatever_the_temperature():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(64, 30, generator=g)

@@ -148,10 +148,15 @@ def test_gpu_elementwise_real_shapes(dtype):
 @pytest.mark.parametrize("rows,vocab", [(1, 5000), (3, 1000), (9, 2500), (2, 7)])
 def test_argmax_logsumexp(dtype, rows, vocab):
     x = (torch.randn(rows, vocab, device=DEVICE) * 4).to(dtype)
-    ids, lse = _ops().argmax_logsumexp(x)
+    greedy = torch.full((2 * rows,), float("nan"), dtype=torch.float64, device=DEVICE)
+    ids, lse = _ops().argmax_logsumexp(x, greedy_out=greedy)
     ref_ids, ref_lse = ref_ops.argmax_logsumexp(x)
     assert ids.dtype == torch.int64 and torch.equal(ids, ref_ids)
     check_close(f"logsumexp {rows}x{vocab} {dtype}", lse, ref_lse, 1e-5)
+    # greedy_out: the tokens, then their log-probabilities under the raw distribution
+    assert greedy[:rows].tolist() == ref_ids.tolist()
+    want = x.float().gather(1, ref_ids[:, None]).squeeze(1) - ref_lse
+    check_close("greedy log-probabilities", greedy[rows:].float(), want, 1e-5)
 
 
 def test_argmax_logsumexp_ties_and_blocked_tokens():
