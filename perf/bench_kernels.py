@@ -217,7 +217,44 @@ def bench_decode(args) -> Dict[str, float]:
         metrics[f"sdpa_decode_B{batch}_C{ctx}_tbps"] = tbps(kv_bytes, time_ms(graphed(sdpa)))
         metrics[f"sdpa_decode_B{batch}_C{ctx}_nograph_tbps"] = tbps(kv_bytes, time_ms(sdpa))
         del k_cache, v_cache, ks, vs
+        if batch == 1:
+            metrics.update(_decode_in_graph(batch, ctx))
+    # What a graph replay of one tiny kernel costs when timed alone: the floor under every
+    # single-call figure above (do_bench's events, the graph's launch on the GPU).
+    one = torch.zeros(1, device="cuda")
+    metrics["graph_replay_floor_us"] = time_ms(graphed(lambda: one.add_(1))) * 1e3
     return metrics
+
+
+def _decode_in_graph(batch: int, ctx: int, total_bytes: int = 256 << 20) -> Dict[str, float]:
+    """Decode attention as the engine runs it: one call per layer inside a step's CUDA graph,
+    back to back. A graph of n calls, each over its own cache (n x the KV bytes pass 256 MB, so
+    the reads come from HBM, not L2), timed as a whole and divided by n; ours and SDPA alike."""
+    import torch.nn.functional as F
+    from kernels import triton_ops
+
+    q, _, _, meta, kv_bytes = _decode_inputs(batch, ctx)
+    n = max(2, -(-total_bytes // kv_bytes))
+    caches = [paged_kv(batch, ctx, 8, 128)[:2] for _ in range(n)]
+    tables = meta["block_tables"]
+    ours = [lambda k=k, v=v: triton_ops.paged_attention(q, k, v, **meta) for k, v in caches]
+    contiguous = []
+    for k, v in caches:   # SDPA reads a contiguous [B, Hkv, C, D] copy of each cache
+        kv = [ref_ops.gather_kv(k, v, row, ctx) for row in tables]
+        contiguous.append((torch.stack([a for a, _ in kv]).transpose(1, 2).contiguous(),
+                           torch.stack([b for _, b in kv]).transpose(1, 2).contiguous()))
+    del caches
+    qs = q.unsqueeze(2)
+    scale = meta["softmax_scale"]
+    sdpa = [lambda k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True)
+            for k, v in contiguous]
+    out = {}
+    for name, fns in ((f"decode_B{batch}_C{ctx}_in_graph_tbps", ours),
+                      (f"sdpa_decode_B{batch}_C{ctx}_in_graph_tbps", sdpa)):
+        ms = time_ms(graphed(lambda fns=fns: [f() for f in fns])) / n
+        out[name] = tbps(kv_bytes, ms)
+        print(f"  {name}: {out[name]:.2f} ({ms * 1e3:.2f} us per call, {n} calls per graph)")
+    return out
 
 
 def bench_elementwise(args) -> Dict[str, float]:
@@ -314,7 +351,7 @@ def sweep(args) -> dict:
     from kernels.attention import AttnConfig
 
     results = {}
-    for L in (2048, 8192):
+    for L in ((2048, 8192) if "prefill" in args.sweep else ()):
         k_cache, v_cache, block_tables = paged_kv(1, L, 32, 128)
         q = torch.randn(L, 32, 128, dtype=DTYPE, device="cuda")
         meta = dict(block_tables=block_tables,
@@ -334,20 +371,27 @@ def sweep(args) -> dict:
             print(f"  L={L} {cfg}: {results.get(key, float('nan')):.1f} TFLOP/s", flush=True)
         del k_cache, v_cache
 
-    for batch, cfgs, split_list in (
-            (1, [(128, 4, 3), (128, 4, 2), (64, 4, 3), (64, 4, 2), (64, 4, 1), (32, 4, 2), (128, 8, 2)],
-             (8, 16, 32, 64, 128)),
-            (4, [(128, 4, 3), (64, 4, 3), (64, 4, 2)], (4, 8, 16, 32)),
-            (16, [(128, 4, 3), (64, 4, 3)], (1, 2, 3, 4)),
-            (64, [(128, 4, 3), (64, 2, 4), (128, 4, 4), (128, 8, 3)], (1,))):
+    # (batch, [(block_n, warps, stages)], split counts)
+    decode_sweeps = (
+        (1, [(bn, nw, ns) for bn in (64, 128) for nw in (4, 8) for ns in (1, 2)] + [(32, 4, 2)], (16, 32, 64)),
+        (4, [(128, 4, 3), (64, 4, 3), (64, 4, 2)], (4, 8, 16, 32)),
+        (16, [(128, 4, 3), (64, 4, 3)], (1, 2, 3, 4)),
+        (64, [(128, 4, 3), (64, 2, 4), (128, 4, 4), (128, 8, 3)], (1,)))
+    for batch, cfgs, split_list in (decode_sweeps if "decode" in args.sweep else ()):
         q, k_cache, v_cache, meta, kv_bytes = _decode_inputs(batch, 4096)
+        expected = ref_ops.paged_attention(q, k_cache, v_cache, **meta)
         for bn, nw, ns in cfgs:
             cfg = AttnConfig(16, bn, nw, ns)
             for splits in split_list:
                 fn = lambda: triton_ops.paged_attention(  # noqa: E731
                     q, k_cache, v_cache, **meta, num_splits=splits, config=cfg)
                 key = f"decode_B{batch}_n{bn}_w{nw}_s{ns}_split{splits}_tbps"
-                results[key] = tbps(kv_bytes, time_ms(graphed(fn)))
+                try:
+                    check(key, poisoned(fn), expected, ATTN_TOL)
+                    results[key] = tbps(kv_bytes, time_ms(graphed(fn)))
+                except Exception as exc:  # noqa: BLE001 - e.g. out of registers / shared memory
+                    print(f"  {key}: {type(exc).__name__}: {str(exc)[:80]}")
+                    continue
                 print(f"  {key}: {results[key]:.2f}", flush=True)
         if batch == 1:
             _profile_decode(q, k_cache, v_cache, meta, args)
@@ -422,7 +466,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--only", default="", help=f"comma list of {','.join(METRIC_GROUPS)}")
-    parser.add_argument("--sweep", action="store_true", help="also sweep attention configs (DIR/sweep.json)")
+    parser.add_argument("--sweep", nargs="?", const="prefill,decode", default="",
+                        help="also sweep attention configs (DIR/sweep.json): prefill, decode or both")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels.py needs a CUDA GPU", file=sys.stderr)

@@ -1,0 +1,94 @@
+"""Where does a batch-1 decode step spend the time its CUDA graph does not? (GPU only; a
+diagnostic, not a benchmark.)
+
+    python3 perf/diag_step_gaps.py --model-dir DIR --out DIR [--tag NAME]
+
+Runs a batch-1 greedy decode under torch.profiler (CUDA activity only) and lays the GPU's
+activities of each step on one timeline: the graph's kernels, the work around the graph (input
+copies, sampling kernels, the token copy back) and the idle gaps between them. Prints, and writes
+to DIR/step_gaps_<tag>.json, per-step medians: step period, graph span, time in kernels outside
+the graph, time in copies, idle time, and the median duration of each activity outside the graph.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from perf.meta import git_commit  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--out", default="perf/results/latest")
+    ap.add_argument("--tag", default="bs1")
+    ap.add_argument("--steps", type=int, default=60)
+    args = ap.parse_args()
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine import EngineConfig, LLMEngine, SamplingParams
+    engine = LLMEngine(EngineConfig(model_dir=args.model_dir, device="cuda", max_model_len=4096))
+    engine.add_request("d", list(range(100, 228)), SamplingParams(max_tokens=2000, temperature=0, ignore_eos=True))
+    for _ in range(50):   # past prefill, warm
+        engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.steps):
+            engine.step()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    # Every step runs the sampler's chunk kernel once, outside the graph: it delimits the steps.
+    marks = [i for i, e in enumerate(events) if "_chunk_kernel" in e.name]
+    per_step, around = [], {}
+    timeline: list[str] = []
+    for n, (a, b) in enumerate(zip(marks, marks[1:])):
+        window = events[a:b]
+        t0 = window[0].time_range.start
+        # The graph: from the first attention-or-linear kernel to the last linear (the lm_head).
+        in_graph = [i for i, e in enumerate(window) if any(k in e.name for k in GRAPH_KERNELS)]
+        g0, g1 = (window[in_graph[0]].time_range.start, window[in_graph[-1]].time_range.end) if in_graph else (t0, t0)
+        busy_outside, idle, end = 0.0, 0.0, t0
+        for i, e in enumerate(window):
+            s_, f_ = e.time_range.start, e.time_range.end
+            if s_ > end:
+                idle += s_ - end
+            if not (in_graph and in_graph[0] <= i <= in_graph[-1]):
+                busy_outside += f_ - s_
+                around.setdefault(e.name[:80], []).append(f_ - s_)
+            end = max(end, f_)
+        per_step.append({"period_us": events[b].time_range.start - t0, "graph_span_us": g1 - g0,
+                         "outside_graph_busy_us": busy_outside, "idle_us": idle})
+        if n < 2:
+            timeline += [f"{e.time_range.start - t0:9.1f} {e.time_range.end - e.time_range.start:7.2f}  {e.name[:70]}"
+                         for i, e in enumerate(window)
+                         if not (in_graph and in_graph[0] < i < in_graph[-1])]
+    med = {k: statistics.median(r[k] for r in per_step) for k in per_step[0]}
+    around_med = {k: statistics.median(v) for k, v in around.items()}
+    print("per step (median us):", {k: round(v, 1) for k, v in med.items()})
+    for k, v in sorted(around_med.items(), key=lambda kv: -kv[1]):
+        print(f"  outside the graph: {v:7.2f} us  x{len(around[k]) / len(per_step):.1f}/step  {k}")
+    print("two steps, graph interior left out (start us, duration us, name):")
+    print("\n".join(timeline))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"step_gaps_{args.tag}.json").write_text(json.dumps({
+        "device": torch.cuda.get_device_name(), "command": " ".join(["python3"] + sys.argv),
+        "git_commit": git_commit(), "metrics": med, "outside_graph_us": around_med,
+        "timeline": timeline}, indent=2))
+
+
+GRAPH_KERNELS = ("_small_linear_kernel", "_paged_attention_kernel", "_merge_splits_kernel",
+                 "_reduce_splits_kernel", "_rms_norm_kernel", "_rope", "gemv", "gemm", "embedding")
+
+
+if __name__ == "__main__":
+    main()
