@@ -20,6 +20,13 @@ that every row of the query tile may see completely are processed by a loop
 without any masks; only the few tiles on the diagonal (and the ragged end of
 the context) pay for masking.
 
+A mixed step (prefill chunks beside single-token decodes) runs two launches:
+the flat grid takes the sequences longer than a decode tile (SHORT_Q query
+tokens) and the decode grid, with its 16-row tiles, takes the rest.  On the
+flat grid alone every decode would fill a whole prefill tile (128 rows for
+4 real ones with GQA 4) and stream its context through it: on the H100 that
+was a third of a long-context mixed step's attention time.
+
 Split-KV (flash-decoding): with num_splits > 1 each program handles a
 contiguous, BLOCK_N-aligned share of the KV range and writes un-normalised
 partial results (running max m, running sum l, accumulator acc) in fp32; a
@@ -178,6 +185,7 @@ def _paged_attention_kernel(
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
+    SHORT_Q: tl.constexpr,
 ):
     wait_for_previous(PDL)
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
@@ -212,6 +220,14 @@ def _paged_attention_kernel(
     q_start = q_tile * BLOCK_Q
     if q_start >= qlen:  # grid is sized for max_seqlen_q; also covers qlen 0
         return
+    # Which launch owns the sequence (see the module docstring): the flat grid those longer than
+    # SHORT_Q tokens (SHORT_Q = 0: all), the decode grid those of at most one tile.
+    if FLAT:
+        if qlen <= SHORT_Q:
+            return
+    else:
+        if qlen > BLOCK_Q:
+            return
 
     # Absolute positions: rows of this tile see KV [0, row_pos].
     first_pos = ctx - qlen + q_start
@@ -414,22 +430,34 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     else:  # unused by the kernel; any valid pointer will do
         part_m = part_l = part_acc = out
 
-    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (num_q_tiles, num_kv_heads * num_splits, 1 if flat else num_seqs)
-    _paged_attention_kernel[grid](
-        q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, tile_seqs,
-        out, part_m, part_l, part_acc,
-        float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0), out.stride(0), out.stride(1),
-        NUM_Q_HEADS=num_q_heads, GROUP=group, GROUP_PAD=group_pad,
-        HEAD_DIM=head_dim, PAGE_SIZE=page_size,
-        BLOCK_Q=block_q, BLOCK_N=config.block_n,
-        SPLIT=split, DOT_PRECISION=dot_precision, FLAT=flat, PDL=(pdl := pdl_enabled(q.device)),
-        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
-    )
+    pdl = pdl_enabled(q.device)
+
+    def launch(grid_flat: bool, cfg: AttnConfig, tile_q: int, short_q: int) -> None:
+        grid = (num_q_tiles, num_kv_heads * num_splits, 1) if grid_flat else (1, num_kv_heads * num_splits, num_seqs)
+        _paged_attention_kernel[grid](
+            q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, tile_seqs,
+            out, part_m, part_l, part_acc,
+            float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
+            q.stride(0), q.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            block_tables.stride(0), out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, GROUP=group, GROUP_PAD=group_pad,
+            HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+            BLOCK_Q=tile_q, BLOCK_N=cfg.block_n,
+            SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            FLAT=grid_flat, PDL=pdl, SHORT_Q=short_q,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        )
+
+    if flat and num_seqs > 1:
+        # A mixed step: sequences of at most one decode tile go to the decode grid.
+        dec_config = default_config(1, group_pad, head_dim, q.dtype, num_splits, max_context_len)
+        dec_q = max(dec_config.block_m, group_pad) // group_pad
+        launch(True, config, block_q, dec_q)
+        launch(False, dec_config, dec_q, 0)
+    else:
+        launch(flat, config, block_q, 0)
     if split:
         _merge_splits_kernel[(num_tokens, num_q_heads)](
             part_m, part_l, part_acc, out, num_splits, num_tokens,

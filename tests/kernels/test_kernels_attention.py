@@ -148,6 +148,21 @@ def _pad_like_a_cuda_graph(inputs, extra_tokens, extra_seqs, max_seqlen_q):
 
 
 @pytest.mark.parametrize("splits", [1, 3])
+def test_mixed_step_sequences_on_both_sides_of_the_decode_tile(splits):
+    """A mixed step runs two launches: sequences of at most one decode tile's query tokens (4
+    with GQA 4) on the decode grid, longer ones on the flat grid. Query lengths at that boundary
+    (4 and 5), single decodes and a long chunk all come out right (the output is NaN-poisoned:
+    a sequence neither launch took would fail)."""
+    from kernels.attention import default_config
+    dec_q = default_config(1, 4, 64, torch.float32).block_m // 4
+    qlens = [dec_q, dec_q + 1, 1, 30, 1]
+    ctxs = [dec_q + 9, dec_q + 1, 40, 70, 1]
+    inputs = make_attention_inputs(qlens, ctxs, 8, 2, 64, 16, torch.float32)
+    check_close(f"mixed step qlens={qlens} splits={splits}", _run_triton(inputs, num_splits=splits),
+                ref_ops.paged_attention(**inputs), ATTN_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
 def test_paged_attention_padded_step_matches_unpadded(splits):
     """A padded step (as the engine replays it from a CUDA graph) gives the
     real rows exactly what the unpadded step gives; random ragged lengths
