@@ -7,6 +7,7 @@ care about (GPU only; a diagnostic, not a benchmark):
   prefix_hit      16 new prompt tokens after a cached 2,048-token prefix
   prefix_miss     a 2,064-token prompt on a cold cache
   mixed_512_32    a 512-token prefill chunk (with cached context) beside 32 decoding streams
+                  (--chunk sets the chunk size: 224 is bench_scheduler.py's budget-256 step)
 
 For each: wall time per step (synchronized), then the top ops by self CPU time and by GPU time,
 written to DIR/profile_steps.txt.
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--out", default="perf/results/latest")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--chunk", type=int, default=512, help="prefill chunk of the mixed step")
     args = ap.parse_args()
     from engine import EngineConfig, LLMEngine, SamplingParams
     from tools.random_llama import build
@@ -102,8 +104,8 @@ def main() -> None:
         return drain
     profile("prefix_miss", miss, lines)
 
-    # 32 streams decoding, then an 8k prompt in 512-token chunks: profile one mixed step
-    engine.scheduler.max_num_batched_tokens = 512 + 32
+    # 32 streams decoding, then an 8k prompt in chunks: profile one mixed step
+    engine.scheduler.max_num_batched_tokens = args.chunk + 32
     long_params = SamplingParams(max_tokens=min(4000, limit - 200), temperature=0, ignore_eos=True)
     for i in range(32):
         engine.add_request(f"s{i}", random_ids(128, vocab, 10 + i), long_params)
@@ -116,7 +118,7 @@ def main() -> None:
         engine.step()   # first chunk
         engine.step()   # second chunk (has cached context)
         return engine.step
-    profile("mixed_512_32", mixed, lines)
+    profile(f"mixed_{args.chunk}_32", mixed, lines)
     (out / "profile_steps.txt").write_text("\n".join(lines))
 
 
