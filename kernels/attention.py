@@ -451,7 +451,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         )
 
     if flat and num_seqs > 1:
-        # A mixed step: sequences of at most one decode tile go to the decode grid.
+        # A mixed step: sequences of at most one decode tile go to the decode grid. (A step of
+        # prompts only pays for one launch whose programs all exit at once.)
         dec_config = default_config(1, group_pad, head_dim, q.dtype, num_splits, max_context_len)
         dec_q = max(dec_config.block_m, group_pad) // group_pad
         launch(True, config, block_q, dec_q)
