@@ -68,8 +68,8 @@ class Sampler:
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device."""
         top_ks = [s.params.logprobs or 0 for s in seqs]
-        if (all(s.params.greedy and not s.params.has_penalties for s in seqs) and not any(top_ks)
-                and not self._stop_blocked_rows(seqs)):
+        blocked = self._stop_blocked_rows(seqs)
+        if all(s.params.greedy and not s.params.has_penalties for s in seqs) and not any(top_ks) and not blocked:
             # The common case, all greedy: the kernel below writes the tokens and their
             # log-probabilities straight into the buffer copied to the host.
             packed = torch.empty(2 * len(seqs), dtype=torch.float64, device=logits.device)
@@ -82,7 +82,7 @@ class Sampler:
         processed = logits
         if any(s.params.has_penalties for s in seqs):
             processed = self._apply_penalties(logits.to(torch.float32, copy=True), seqs)
-        processed = self._block_stop_tokens(processed, seqs)
+        processed = self._block_stop_tokens(processed, seqs, blocked)
         chosen = greedy if processed is logits else processed.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if random_rows:
@@ -144,9 +144,10 @@ class Sampler:
         return [i for i, s in enumerate(seqs)
                 if s.num_tokens - s.num_prompt_tokens < s.params.min_tokens and s.stop_ids]
 
-    def _block_stop_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """min_tokens: until a request has that many tokens, its stop tokens cannot be drawn."""
-        rows = self._stop_blocked_rows(seqs)
+    @staticmethod
+    def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:
+        """min_tokens: until a request has that many tokens, its stop tokens (in `rows`, from
+        _stop_blocked_rows) cannot be drawn."""
         if rows:
             logits = logits.clone()
             for i in rows:
