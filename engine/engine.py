@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, ModelLoadError
-from engine.detokenizer import IncrementalDetokenizer
+from engine.detokenizer import ByteLevelTokens, make_detokenizer
 from engine.model_runner import ModelRunner
 from engine.sampler import SampledTokens, Sampler
 from engine.sampling_params import InvalidRequest, SamplingParams
@@ -36,6 +36,33 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer:
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing: the engine needs a Hugging Face tokenizer.json")
     return Tokenizer.from_file(str(path))
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What bounds a request, fixed once the engine is up (engine/remote.py checks requests with
+    these in the Triton stub's process, without asking the engine's)."""
+    max_model_len: int
+    kv_capacity_tokens: int
+    vocab_size: int
+
+
+def check_request(prompt_ids: list[int], params: SamplingParams, limits: RequestLimits) -> None:
+    """Refuse, up front, a request that could never complete (InvalidRequest naming the field)."""
+    n = len(prompt_ids)
+    if n == 0:
+        raise InvalidRequest("text_input", "prompt is empty")
+    if n >= limits.max_model_len:
+        raise InvalidRequest("text_input", f"prompt has {n} tokens; max_model_len is "
+                                           f"{limits.max_model_len}, leaving no room to generate")
+    if n + params.max_tokens > limits.max_model_len:
+        raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                           f"exceeds max_model_len ({limits.max_model_len})")
+    if n + params.max_tokens > limits.kv_capacity_tokens:
+        raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                           f"exceeds the whole KV cache ({limits.kv_capacity_tokens} tokens)")
+    if any(t >= limits.vocab_size for t in params.stop_token_ids):
+        raise InvalidRequest("stop_token_ids", f"token ids must be below the vocabulary size {limits.vocab_size}")
 
 
 @dataclass
@@ -71,6 +98,8 @@ class LLMEngine:
         self.config = config
         self.model_config = ModelConfig.from_dir(config.model_dir)
         self.tokenizer = load_tokenizer(config.model_dir)
+        # Byte-level tokenizers (Llama 3) get the fast detokenizer: token bytes, no tokenizer calls.
+        self.byte_tokens = ByteLevelTokens(self.tokenizer) if ByteLevelTokens.supports(self.tokenizer) else None
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
@@ -107,28 +136,18 @@ class LLMEngine:
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Refuse, up front, a request that could never complete. Thread-safe (reads config only)."""
-        n = len(prompt_ids)
-        if n == 0:
-            raise InvalidRequest("text_input", "prompt is empty")
-        if n >= self.max_model_len:
-            raise InvalidRequest("text_input", f"prompt has {n} tokens; max_model_len is "
-                                               f"{self.max_model_len}, leaving no room to generate")
-        if n + params.max_tokens > self.max_model_len:
-            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
-                                               f"exceeds max_model_len ({self.max_model_len})")
-        if n + params.max_tokens > self.kv_capacity_tokens:
-            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
-                                               f"exceeds the whole KV cache ({self.kv_capacity_tokens} tokens)")
-        vocab = self.model_config.vocab_size
-        if any(t >= vocab for t in params.stop_token_ids):
-            raise InvalidRequest("stop_token_ids", f"token ids must be below the vocabulary size {vocab}")
+        check_request(prompt_ids, params, self.limits)
+
+    @property
+    def limits(self) -> "RequestLimits":
+        return RequestLimits(self.max_model_len, self.kv_capacity_tokens, self.model_config.vocab_size)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
         if request_id in self.seqs:
             raise InvalidRequest("request_id", f"{request_id!r} is already running")
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self.check_request(ids, params)
-        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+        detok = make_detokenizer(self.tokenizer, ids, params.skip_special_tokens, self.byte_tokens)
         seq = Sequence(request_id, ids, params, detok, self.model_config.eos_token_ids, self.max_model_len)
         self.scheduler.add(seq)
         self.seqs[request_id] = seq
@@ -191,7 +210,7 @@ class LLMEngine:
         """Queue the step's forward pass and sampling on the device; nothing waits here."""
         prev = self._in_flight.sampled.token_ids if self._in_flight is not None else None
         logits = self.runner.run(batch, prev)
-        sampling = [seq for i, seq in enumerate(batch.seqs) if batch.samples(i)]
+        sampling = [seq for seq, samples in zip(batch.seqs, batch.sampling_flags()) if samples]
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
         if not sampling:
@@ -266,15 +285,14 @@ class LLMEngine:
         upto = max(upto, seq.num_emitted_chars)
         text = seq.output_text[seq.num_emitted_chars:upto]
         seq.num_emitted_chars = upto
-        new_tokens = seq.output_token_ids[seq.num_emitted_tokens:]
-        seq.num_emitted_tokens = seq.num_output_tokens
-        logprobs, seq.pending_logprobs = seq.pending_logprobs, []
-        return RequestOutput(
-            request_id=seq.request_id, text=text, token_ids=new_tokens, finished=finished,
-            finish_reason=seq.finish_reason if finished else None,
-            num_input_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
-            cumulative_logprob=seq.cumulative_logprob,
-            logprobs=logprobs if seq.params.logprobs is not None else None)
+        num_output = len(seq.token_ids) - seq.num_prompt_tokens
+        new_tokens = seq.token_ids[seq.num_prompt_tokens + seq.num_emitted_tokens:]
+        seq.num_emitted_tokens = num_output
+        logprobs = None
+        if seq.params.logprobs is not None:
+            logprobs, seq.pending_logprobs = seq.pending_logprobs, []
+        return RequestOutput(seq.request_id, text, new_tokens, finished, seq.finish_reason if finished else None,
+                             seq.num_prompt_tokens, num_output, seq.cumulative_logprob, logprobs)
 
     # ----- offline convenience -------------------------------------------------------------------
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]

@@ -1,6 +1,7 @@
 """Owns the weights and the KV cache on one device; turns a scheduled batch into logits."""
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -109,43 +110,62 @@ class ModelRunner:
         bs = self.block_size
         input_ids, positions, slots, cu, ctx, logits_idx = [], [], [], [0], [], []
         fill_dst, fill_src = [], []   # input_ids rows <- rows of prev_tokens
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            known = seq.token_ids[start:end]
-            if len(known) < n:   # its last token is in flight: a decode of that token
-                assert n == 1 and seq.num_pending and prev_tokens is not None
-                fill_dst.append(cu[-1])
-                fill_src.append(seq.pending_row)
-                known = [0]
-            input_ids.extend(known)
-            positions.extend(range(start, end))
+        n_tok = 0
+        # Per sequence in Python, so every line here is paid ~100 times a step at high batch: a
+        # decode (one token) takes the short path.
+        for seq, n, samples in zip(batch.seqs, batch.num_new_tokens, batch.sampling_flags()):
+            start = seq.num_computed_tokens
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            cu.append(cu[-1] + n)
-            ctx.append(end)
-            if batch.samples(i):
-                logits_idx.append(cu[-1] - 1)
+            if n == 1:
+                if start < len(seq.token_ids):
+                    input_ids.append(seq.token_ids[start])
+                else:   # its last token is in flight: read on the device
+                    assert seq.num_pending and prev_tokens is not None
+                    fill_dst.append(n_tok)
+                    fill_src.append(seq.pending_row)
+                    input_ids.append(0)
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                end = start + n
+                known = seq.token_ids[start:end]
+                assert len(known) == n, "only a decode reads its token from the previous step"
+                input_ids.extend(known)
+                positions.extend(range(start, end))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            n_tok += n
+            cu.append(n_tok)
+            ctx.append(start + n)
+            if samples:
+                logits_idx.append(n_tok - 1)
         num_sampling = len(logits_idx)
         if shape is not None:   # inert padding (see step_shapes)
-            pad_t, pad_s = shape.num_tokens - cu[-1], shape.num_seqs - len(batch.seqs)
+            pad_t, pad_s = shape.num_tokens - n_tok, shape.num_seqs - len(batch.seqs)
             input_ids += [0] * pad_t
             positions += [0] * pad_t
             slots += [-1] * pad_t
             ctx += [0] * pad_s
-            cu += [cu[-1]] * pad_s
+            cu += [n_tok] * pad_s
         logits_idx += [0] * (len(ctx) - num_sampling)   # one row per sequence; extras read row 0
-        # Block tables through numpy: one long context makes every row that wide (a Python list of
-        # S x width ints cost milliseconds per step at 8k tokens of context).
-        width = max(len(s.block_table) for s in batch.seqs)
+        # Block tables through numpy, all rows in one assignment: one long context makes every row
+        # that wide (a Python list of S x width ints cost milliseconds per step at 8k tokens of
+        # context), and a numpy assignment per row cost ~2 us per sequence.
+        lengths = [len(s.block_table) for s in batch.seqs]
+        width = max(lengths)
         head = input_ids + positions + slots + ctx + cu + logits_idx
         n = len(head) + len(ctx) * width
         total = n + 2 * len(fill_dst)
         flat_np, staging = self._host_buffer(total)
         flat_np[:len(head)] = head
         tables = flat_np[len(head):n].reshape(len(ctx), width)
-        tables[:] = 0
-        for row, seq in enumerate(batch.seqs):
-            tables[row, :len(seq.block_table)] = seq.block_table
+        blocks = np.fromiter(itertools.chain.from_iterable(s.block_table for s in batch.seqs),
+                             dtype=np.int64, count=sum(lengths))
+        if len(blocks) == len(ctx) * width:   # every row full (no padding rows, equal lengths)
+            tables.reshape(-1)[:] = blocks
+        else:
+            tables[:] = 0
+            rows = tables[:len(lengths)]
+            rows[np.arange(width) < np.array(lengths)[:, None]] = blocks   # row-major, like `blocks`
         flat_np[n:] = fill_dst + fill_src   # the fill indices ride behind the layout, same transfer
         if staging is None:
             packed = torch.from_numpy(flat_np)

@@ -55,14 +55,22 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)   # tokens computed this step, per seq
     preempted: list[Sequence] = field(default_factory=list)
+    _sampling: list[bool] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def samples(self, i: int) -> bool:
         """Does sequence i reach its last token this step (and so sample the next one)?"""
-        seq = self.seqs[i]
-        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+        return self.sampling_flags()[i]
+
+    def sampling_flags(self) -> list[bool]:
+        """samples(i) for every i, computed once, on the first call: that must come before the
+        step advances the sequences' num_computed_tokens (the runner's prepare does it)."""
+        if self._sampling is None:
+            self._sampling = [s.num_computed_tokens + n == len(s.token_ids) + s.num_pending
+                              for s, n in zip(self.seqs, self.num_new_tokens)]
+        return self._sampling
 
 
 class Scheduler:
@@ -104,19 +112,26 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         self._pairs_left = self.attention_budget
+        block_size = self.bm.block_size
         i = 0
+        # Runs for every running sequence every step: a decode (one token left to compute, which
+        # needs a new block once every block_size steps) takes the short path.
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if seq.last_token_in_flight:   # asynchronous scheduling: it finishes when that is read
-                i += 1
+            num_tokens = len(seq.token_ids) + seq.num_pending
+            if seq.num_pending and num_tokens >= seq.max_total_tokens:
+                i += 1   # its last token is in flight (asynchronous scheduling): it finishes when read
                 continue
-            n = self._chunk(seq.num_computed_tokens, seq.num_tokens - seq.num_computed_tokens, budget)
+            remaining = num_tokens - seq.num_computed_tokens
+            n = 1 if remaining == 1 else self._chunk(seq.num_computed_tokens, remaining, budget)
             if n == 0:   # a prefill chunk with no attention budget left this step
                 i += 1
                 continue
-            if not self._make_room(seq, seq.num_computed_tokens + n, batch):
-                break  # `seq` itself was preempted; everything after it already was
-            self.bm.grow(seq, seq.num_computed_tokens + n)
+            target = seq.num_computed_tokens + n
+            if len(seq.block_table) * block_size < target:
+                if not self._make_room(seq, target, batch):
+                    break  # `seq` itself was preempted; everything after it already was
+                self.bm.grow(seq, target)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.detokenizer import IncrementalDetokenizer
+from engine.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer
 from engine.sampling_params import SamplingParams
 
 
@@ -17,7 +17,7 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     """What the engine reports about a request after a step. Texts and tokens are deltas since the
     previous output for that request; totals are cumulative."""
@@ -31,11 +31,24 @@ class RequestOutput:
     cumulative_logprob: float = 0.0
     logprobs: list[dict] | None = None    # one entry per token in token_ids, if requested
     error: str | None = None
+    # With an error: ERROR_INVALID_REQUEST or ERROR_UNAVAILABLE when the request was refused after
+    # it was queued (engine/remote.py checks requests ahead of the engine), None for a failure.
+    error_kind: str | None = None
+
+    def __reduce__(self):
+        # Pickled as constructor arguments (~2x cheaper both ways than the default state dict).
+        return (RequestOutput, (self.request_id, self.text, self.token_ids, self.finished, self.finish_reason,
+                                self.num_input_tokens, self.num_output_tokens, self.cumulative_logprob,
+                                self.logprobs, self.error, self.error_kind))
+
+
+ERROR_INVALID_REQUEST = "invalid_request"   # the client's fault: fix the request
+ERROR_UNAVAILABLE = "unavailable"           # the server's state (queue full, shutting down): retry later
 
 
 class Sequence:
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 detokenizer: IncrementalDetokenizer, eos_token_ids: tuple[int, ...], max_model_len: int):
+                 detokenizer: IncrementalDetokenizer | ByteLevelDetokenizer, eos_token_ids: tuple[int, ...], max_model_len: int):
         self.request_id = request_id
         self.params = params
         self.token_ids: list[int] = list(prompt_token_ids)   # known on the host

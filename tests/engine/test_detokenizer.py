@@ -1,4 +1,6 @@
-"""Incremental detokenization with the trained byte-level BPE tokenizer of a tiny checkpoint.
+"""Incremental detokenization with the trained byte-level BPE tokenizer of a tiny checkpoint, by
+both detokenizers: the general one (a window of tokens through tokenizer.decode) and the byte-level
+one the engine uses for such tokenizers (token bytes through an incremental UTF-8 decoder).
 
 Ground truth: `tokenizer.decode` of all tokens, and the raw bytes of each token (computed here from
 the byte-level alphabet), which say when the text so far ends on a character boundary.
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from engine import SamplingParams
-from engine.detokenizer import IncrementalDetokenizer
+from engine.detokenizer import ByteLevelDetokenizer, ByteLevelTokens, IncrementalDetokenizer
 from engine_testing import PROMPTS, complete_utf8_prefix, run_requests, token_bytes
 
 TEXTS = [
@@ -32,15 +34,25 @@ def tok(tiny_model_dir) -> Tokenizer:
     return Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
 
 
-def stream(tok, prompt_ids, ids, skip_special=True):
-    d = IncrementalDetokenizer(tok, prompt_ids, skip_special)
+@pytest.fixture(params=["general", "byte_level"])
+def make(request, tok):
+    """A detokenizer factory (prompt ids, skip_special) for each implementation."""
+    if request.param == "general":
+        return lambda prompt_ids, skip_special=True: IncrementalDetokenizer(tok, prompt_ids, skip_special)
+    assert ByteLevelTokens.supports(tok)
+    tokens = ByteLevelTokens(tok)
+    return lambda prompt_ids, skip_special=True: ByteLevelDetokenizer(tokens, skip_special)
+
+
+def stream(make, prompt_ids, ids, skip_special=True):
+    d = make(prompt_ids, skip_special)
     pieces = [d.add(t) for t in ids]
     return pieces, d.flush()
 
 
-def check_stream(tok, prompt_ids, ids, skip_special=True):
+def check_stream(tok, make, prompt_ids, ids, skip_special=True):
     """All the properties of one incremental decode; returns the pieces."""
-    d = IncrementalDetokenizer(tok, prompt_ids, skip_special)
+    d = make(prompt_ids, skip_special)
     final = tok.decode(ids, skip_special_tokens=skip_special)
     emitted = ""
     pieces = []
@@ -75,10 +87,10 @@ def test_token_bytes_agree_with_the_tokenizer(tok):
 
 @pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
 @pytest.mark.parametrize("prompt", PROMPT_TEXTS, ids=range(len(PROMPT_TEXTS)))
-def test_multilingual_text_token_by_token(tok, text, prompt):
+def test_multilingual_text_token_by_token(tok, make, text, prompt):
     prompt_ids = tok.encode(prompt).ids                  # with BOS, as the engine's prompts
     ids = tok.encode(text, add_special_tokens=False).ids
-    pieces = check_stream(tok, prompt_ids, ids)
+    pieces = check_stream(tok, make, prompt_ids, ids)
     assert "".join(pieces) == text                       # valid text: nothing left for flush
     # the test means something: some characters really are split across tokens
     splits = sum(1 for t in ids if not _is_complete(token_bytes(tok, t)))
@@ -94,30 +106,30 @@ def _is_complete(b: bytes) -> bool:
         return False
 
 
-def test_long_text_crosses_the_window_trim(tok):
+def test_long_text_crosses_the_window_trim(tok, make):
     text = " ".join(TEXTS) * 3
     ids = tok.encode(text, add_special_tokens=False).ids
     assert len(ids) > 300
-    pieces = check_stream(tok, tok.encode("Hello").ids, ids)
+    pieces = check_stream(tok, make, tok.encode("Hello").ids, ids)
     assert "".join(pieces) == text
 
 
-def test_special_tokens_skipped_or_kept(tok):
+def test_special_tokens_skipped_or_kept(tok, make):
     eos = tok.token_to_id("<|end_of_text|>")
     ids = tok.encode("abc 😀", add_special_tokens=False).ids
     mixed = ids[:2] + [eos] + ids[2:] + [eos]
-    pieces, tail = stream(tok, [], mixed, skip_special=True)
+    pieces, tail = stream(make, [], mixed, skip_special=True)
     assert "".join(pieces) + tail == "abc 😀"
-    pieces, tail = stream(tok, [], mixed, skip_special=False)
+    pieces, tail = stream(make, [], mixed, skip_special=False)
     assert "".join(pieces) + tail == tok.decode(mixed, skip_special_tokens=False)
     assert ("".join(pieces) + tail).count("<|end_of_text|>") == 2
 
 
-def test_flush_returns_an_unfinished_character_as_replacement(tok):
+def test_flush_returns_an_unfinished_character_as_replacement(tok, make):
     ids = tok.encode("ok 😀", add_special_tokens=False).ids
     # drop the last token: the emoji is cut in the middle
     cut = next(i for i in range(len(ids), 0, -1) if not _is_complete(b"".join(token_bytes(tok, t) for t in ids[:i])))
-    pieces, tail = stream(tok, [], ids[:cut])
+    pieces, tail = stream(make, [], ids[:cut])
     assert "\ufffd" not in "".join(pieces)
     assert "".join(pieces) + tail == tok.decode(ids[:cut])
     assert tail.endswith("\ufffd")
@@ -126,22 +138,22 @@ def test_flush_returns_an_unfinished_character_as_replacement(tok):
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_random_token_sequences(tok, data):
+def test_random_token_sequences(tok, make, data):
     """Any token sequence (even invalid UTF-8, as a random model emits) decodes to exactly
     tokenizer.decode, pieces never run ahead, and valid text is never held back."""
     vocab = tok.get_vocab_size()
     ids = data.draw(st.lists(st.integers(3, vocab - 1), min_size=1, max_size=80))
     prompt = data.draw(st.sampled_from(PROMPT_TEXTS))
-    check_stream(tok, tok.encode(prompt).ids, ids)
+    check_stream(tok, make, tok.encode(prompt).ids, ids)
 
 
-def test_random_slices_of_multilingual_encodings(tok):
+def test_random_slices_of_multilingual_encodings(tok, make):
     rng = random.Random(0)
     all_ids = tok.encode(" ".join(TEXTS), add_special_tokens=False).ids
     for _ in range(200):
         a = rng.randrange(len(all_ids))
         b = rng.randrange(a + 1, min(len(all_ids), a + 60) + 1)
-        check_stream(tok, tok.encode(rng.choice(PROMPT_TEXTS)).ids, all_ids[a:b])
+        check_stream(tok, make, tok.encode(rng.choice(PROMPT_TEXTS)).ids, all_ids[a:b])
 
 
 # ----- through the engine -------------------------------------------------------------------------
@@ -173,3 +185,32 @@ def test_engine_streams_multilingual_token_sequences_cleanly(checkpoint, engine_
         assert seq.finished and seq.finish_reason == "length"
         assert "".join(deltas) == text
         eng.abort("t")
+
+
+def test_ids_outside_the_vocabulary_decode_to_nothing(tok, make):
+    """A model's vocabulary can be larger than its tokenizer's; tokenizer.decode skips such ids."""
+    ids = tok.encode("abc 😀", add_special_tokens=False).ids
+    mixed = ids[:1] + [tok.get_vocab_size() + 5] + ids[1:]
+    pieces, tail = stream(make, [], mixed)
+    assert "".join(pieces) + tail == tok.decode(mixed) == "abc 😀"
+
+
+def test_the_byte_level_path_is_only_taken_for_byte_level_tokenizers(tok):
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from engine.detokenizer import make_detokenizer
+    assert isinstance(make_detokenizer(tok, [], True, ByteLevelTokens(tok)), ByteLevelDetokenizer)
+    sp = Tokenizer(models.WordLevel({"▁hello": 0, "▁world": 1, "<unk>": 2}, unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Metaspace()
+    assert not ByteLevelTokens.supports(sp)
+    d = make_detokenizer(sp, [], True, None)
+    assert isinstance(d, IncrementalDetokenizer)
+    assert d.add(0) + d.add(1) + d.flush() == sp.decode([0, 1]) == "hello world"
+
+
+def test_engine_uses_the_byte_level_detokenizer(checkpoint, engine_factory):
+    eng = engine_factory(checkpoint("gqa"))
+    seq = eng.add_request("b", eng.tokenize("Hi"), SamplingParams(max_tokens=4))
+    assert eng.byte_tokens is not None and isinstance(seq.detokenizer, ByteLevelDetokenizer)
+    eng.abort("b")
