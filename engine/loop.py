@@ -31,9 +31,9 @@ from collections import deque
 from typing import Callable
 
 from engine.engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
-from engine.sequence import RequestOutput
+from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ class EngineDead(RuntimeError):
     """The engine loop has stopped (fatal error or shutdown); no request can be served."""
 
 
+def error_kind_of(e: Exception) -> str | None:
+    """RequestOutput.error_kind for a request refused with this exception after it was queued."""
+    if isinstance(e, InvalidRequest):
+        return ERROR_INVALID_REQUEST
+    if isinstance(e, (QueueFull, EngineDead)):
+        return ERROR_UNAVAILABLE
+    return None
+
+
 def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
     """One output equivalent to delivering `first` then `later` (same request)."""
     logprobs = None
@@ -61,7 +70,7 @@ def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
         token_ids=first.token_ids + later.token_ids, finished=later.finished,
         finish_reason=later.finish_reason, num_input_tokens=later.num_input_tokens,
         num_output_tokens=later.num_output_tokens, cumulative_logprob=later.cumulative_logprob,
-        logprobs=logprobs, error=later.error)
+        logprobs=logprobs, error=later.error, error_kind=later.error_kind)
 
 
 def rest_after_delivery(busy_s: float) -> None:
@@ -205,7 +214,8 @@ class EngineLoop:
             try:
                 self.engine.add_request(rid, ids, params)
             except Exception as e:  # e.g. a duplicate id, a full queue: fail this request only
-                failed.append((cb, RequestOutput(rid, "", [], True, "error", error=str(e))))
+                failed.append((cb, RequestOutput(rid, "", [], True, "error", error=str(e),
+                                                 error_kind=error_kind_of(e))))
                 continue
             self._callbacks[rid] = cb
         self._post(failed)
@@ -266,4 +276,5 @@ class EngineLoop:
             deliver_outputs(merged.values(), dead, self.abort)
             rest_after_delivery(time.perf_counter() - started)
 
-__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "merge_outputs", "rest_after_delivery"]
+__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "error_kind_of", "merge_outputs",
+           "rest_after_delivery"]

@@ -144,3 +144,55 @@ def test_delivery_rests_after_long_rounds_and_outputs_merge(gqa, remote, monkeyp
     from engine.loop import DELIVERY_REST_AFTER_S
     assert any(b >= DELIVERY_REST_AFTER_S for b in rests)
     assert sum(calls.values()) < 4 * 60, calls   # merged while the delivery thread rested
+
+
+def test_submit_does_not_wait_for_the_engine_process(gqa, remote):
+    """Requests are checked and sent without a round trip: even a stopped child does not hold up
+    the caller (Triton's execute), and everything runs once it continues."""
+    expected = run_requests(make_engine(gqa), PROMPTS[:4], greedy(12))
+    loop = remote(gqa)
+    col = Collector()
+    os.kill(loop._proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        lengths = [loop.submit(f"r{i}", p, greedy(12), col.callback(f"r{i}")) for i, p in enumerate(PROMPTS[:4])]
+        assert time.monotonic() - started < 5.0
+        assert lengths == [len(make_engine(gqa).tokenize(p)) for p in PROMPTS[:4]]
+        with pytest.raises(InvalidRequest) as info:   # checked on this side, with the child's limits
+            loop.submit("long", PROMPTS[0], greedy(10_000), lambda out: None)
+        assert info.value.field == "max_tokens"
+        with pytest.raises(InvalidRequest) as info:
+            loop.submit("r0", PROMPTS[0], greedy(4), lambda out: None)
+        assert info.value.field == "request_id"
+    finally:
+        os.kill(loop._proc.pid, signal.SIGCONT)
+    col.wait([f"r{i}" for i in range(4)])
+    assert [col.result(f"r{i}") for i in range(4)] == expected
+
+
+def test_a_request_the_engine_process_refuses_gets_an_error_output(gqa, remote):
+    """The child checks every request again; one this side let through (its limits are stale here
+    on purpose) ends with a final error output that says it was the request's fault."""
+    from engine.engine import RequestLimits
+    from engine.sequence import ERROR_INVALID_REQUEST
+    loop = remote(gqa)
+    loop.limits = RequestLimits(10 ** 6, 10 ** 6, loop.limits.vocab_size)
+    col = Collector()
+    loop.submit("big", PROMPTS[0], greedy(5000), col.callback("big"))
+    loop.submit("ok", PROMPTS[1], greedy(5), col.callback("ok"))
+    col.wait(["big", "ok"])
+    (out,) = col.outs["big"]
+    assert out.finished and out.finish_reason == "error" and out.error_kind == ERROR_INVALID_REQUEST
+    assert out.error.startswith("max_tokens:")
+    assert col.result("ok")[2] == "length"
+    wait_for(lambda: loop.num_in_flight == 0)
+
+
+def test_outputs_cross_the_socket_column_by_column():
+    from engine.remote import decode_outputs, encode_outputs
+    from engine.sequence import RequestOutput
+    outs = [RequestOutput("a", "x", [1], False, None, 3, 1, -0.5),
+            RequestOutput("b", "", [], True, "error", 4, 0, 0.0, None, "boom", "unavailable"),
+            RequestOutput("c", "yz", [2, 3], True, "length", 5, 2, -1.0, [{"2": {"logprob": -0.1}}])]
+    assert decode_outputs(encode_outputs(outs)) == outs
+    assert decode_outputs(encode_outputs([])) == []

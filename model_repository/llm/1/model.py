@@ -31,7 +31,7 @@ from engine import (EngineConfig, EngineDead, EngineLoop, InvalidRequest, LLMEng
                     SamplingParams)
 from engine.faults import inject_engine_fault, parse_faults
 from engine.remote import RemoteEngineLoop
-from engine.sequence import RequestOutput
+from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
@@ -127,9 +127,10 @@ class _Request:
 
     def _reply(self, out: RequestOutput) -> None:
         self._observe(out)
-        if out.error is not None:
-            self.sender.send(_error(out.error, pb_utils.TritonError.INTERNAL),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if out.error is not None:   # failed, or refused after it was queued (error_kind says why)
+            code = {ERROR_INVALID_REQUEST: pb_utils.TritonError.INVALID_ARG,
+                    ERROR_UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE}.get(out.error_kind, pb_utils.TritonError.INTERNAL)
+            self.sender.send(_error(out.error, code), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
             self.sender.send(_error("request aborted: the model is being unloaded (server shutting down)",
