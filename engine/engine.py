@@ -219,7 +219,7 @@ class LLMEngine:
         for row, seq in enumerate(sampling):
             seq.num_pending += 1
             seq.pending_row = row
-        return _InFlightStep(sampling, sampled, any(s.params.has_penalties for s in sampling))
+        return _InFlightStep(sampling, sampled, any(s.has_penalties for s in sampling))
 
     def _read_tokens(self, step: "_InFlightStep") -> list[RequestOutput]:
         """Wait for a launched step's tokens and append them: stop checks, text, outputs."""

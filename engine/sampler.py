@@ -67,20 +67,20 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device."""
-        top_ks = [s.params.logprobs or 0 for s in seqs]
         blocked = self._stop_blocked_rows(seqs)
-        if all(s.params.greedy and not s.params.has_penalties for s in seqs) and not any(top_ks) and not blocked:
+        if not blocked and all(s.plain_greedy for s in seqs):
             # The common case, all greedy: the kernel below writes the tokens and their
             # log-probabilities straight into the buffer copied to the host.
             packed = torch.empty(2 * len(seqs), dtype=torch.float64, device=logits.device)
             greedy, _ = self.ops.argmax_logsumexp(logits, greedy_out=packed)
-            return self._to_host(greedy, packed, top_ks)
+            return self._to_host(greedy, packed, [0] * len(seqs))
+        top_ks = [s.params.logprobs or 0 for s in seqs]
         # One pass over the vocabulary gives every row's greedy token and its normalizer: raw
         # log-probabilities are logits - logsumexp, so no second [batch, vocab] tensor is made
         # (at batch 256 x 128k vocab that is 128 MB a step), nor an fp32 copy of the logits.
         greedy, lse = self.ops.argmax_logsumexp(logits)
         processed = logits
-        if any(s.params.has_penalties for s in seqs):
+        if any(s.has_penalties for s in seqs):
             processed = self._apply_penalties(logits.to(torch.float32, copy=True), seqs)
         processed = self._block_stop_tokens(processed, seqs, blocked)
         chosen = greedy if processed is logits else processed.argmax(dim=-1)
@@ -142,7 +142,7 @@ class Sampler:
         """min_tokens: the rows whose stop tokens cannot be drawn yet."""
         # num_tokens counts tokens still in flight: they precede the one drawn now.
         return [i for i, s in enumerate(seqs)
-                if s.num_tokens - s.num_prompt_tokens < s.params.min_tokens and s.stop_ids]
+                if s.params.min_tokens and s.stop_ids and s.num_tokens - s.num_prompt_tokens < s.params.min_tokens]
 
     @staticmethod
     def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:

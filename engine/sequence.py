@@ -59,7 +59,8 @@ class Sequence:
         self.pending_row = -1
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = Status.WAITING
-        self.block_table: list[int] = []
+        self.block_table: list[int] = []     # only ever replaced or appended to (block_manager.py)
+        self.block_table_array = None         # the runner's numpy copy of it (model_runner.prepare)
         self.num_computed_tokens = 0          # tokens whose K/V are in the cache
         self.num_cached_prompt_tokens = 0     # prefix-cache hits at (latest) admission
         self.detokenizer = detokenizer
@@ -73,6 +74,9 @@ class Sequence:
         # The tokens that end generation, unless ignore_eos: EOS plus the request's own.
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         self.max_total_tokens = min(max_model_len, self.num_prompt_tokens + params.max_tokens)
+        # Asked of every sequence every step (the sampler's fast path): computed once.
+        self.has_penalties = params.has_penalties
+        self.plain_greedy = params.greedy and not self.has_penalties and params.logprobs is None
         self.generator: torch.Generator | None = None  # per-request RNG when a seed is given
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)

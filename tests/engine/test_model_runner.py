@@ -1,0 +1,37 @@
+"""ModelRunner.prepare packs a step's inputs; the block tables come from per-sequence numpy copies
+that must follow every change of a sequence's table (growth, and a new table of the same length
+after preemption and re-admission)."""
+from __future__ import annotations
+
+from engine import SamplingParams
+from engine.scheduler import ScheduledBatch
+
+
+def packed_tables(runner, batch):
+    packed, width, _ = runner.prepare(batch, None)
+    rows = packed[packed.numel() - len(batch.seqs) * width:].view(len(batch.seqs), width)
+    return [row[:len(s.block_table)].tolist() for row, s in zip(rows, batch.seqs)], rows
+
+
+def test_prepare_packs_each_sequence_s_current_block_table(engine_factory, gqa):
+    eng = engine_factory(gqa, async_scheduling=False)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    a = eng.add_request("a", list(range(5, 45)), params)    # 40 tokens: 3 blocks of 16
+    b = eng.add_request("b", list(range(7, 12)), params)    # 5 tokens: 1 block
+    eng.step()
+    batch = ScheduledBatch([a, b], [1, 1])
+    tables, rows = packed_tables(eng.runner, batch)
+    assert tables == [a.block_table, b.block_table]
+    assert rows[1, len(b.block_table):].tolist() == [0] * (rows.shape[1] - len(b.block_table))
+
+    b.block_table.append(a.block_table[0])                 # grown (a fake block, packing only)
+    assert packed_tables(eng.runner, ScheduledBatch([a, b], [1, 1]))[0] == [a.block_table, b.block_table]
+
+    original = a.block_table
+    a.block_table = list(reversed(original))               # replaced, same length
+    assert packed_tables(eng.runner, ScheduledBatch([a, b], [1, 1]))[0] == [a.block_table, b.block_table]
+    a.block_table = original
+    b.block_table.pop()
+    b.block_table_array = None
+    while eng.has_unfinished():
+        eng.step()
