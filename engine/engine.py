@@ -199,7 +199,7 @@ class LLMEngine:
             outputs += self._read_tokens(self._in_flight)
         self._in_flight = launched
         for seq in batch.seqs:   # now that the tokens they computed are known on the host
-            if not seq.finished:
+            if seq.status is not Status.FINISHED:
                 self.block_manager.commit(seq)
         if launched is not None and not self.config.overlaps_steps:
             outputs += self._read_tokens(launched)
@@ -225,12 +225,13 @@ class LLMEngine:
         """Wait for a launched step's tokens and append them: stop checks, text, outputs."""
         result = step.sampled.result()
         outputs = []
+        finished = Status.FINISHED
         for j, seq in enumerate(step.seqs):
             seq.num_pending -= 1
-            if seq.finished:   # finished (stop token/string) or aborted since: discard the token
+            if seq.status is finished:   # finished (stop token/string) or aborted since: discard the token
                 continue
             self._append_token(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
-            if seq.finished:
+            if seq.status is finished:
                 self.scheduler.finish(seq)
                 del self.seqs[seq.request_id]
             outputs.append(self._output(seq))

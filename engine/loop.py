@@ -60,17 +60,16 @@ def error_kind_of(e: Exception) -> str | None:
     return None
 
 
-def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
-    """One output equivalent to delivering `first` then `later` (same request)."""
+def merge_outputs(*outs: RequestOutput) -> RequestOutput:
+    """One output equivalent to delivering `outs` in order (same request)."""
+    last = outs[-1]
     logprobs = None
-    if first.logprobs is not None or later.logprobs is not None:
-        logprobs = (first.logprobs or []) + (later.logprobs or [])
+    if any(o.logprobs is not None for o in outs):
+        logprobs = [entry for o in outs for entry in (o.logprobs or [])]
     return RequestOutput(
-        request_id=later.request_id, text=first.text + later.text,
-        token_ids=first.token_ids + later.token_ids, finished=later.finished,
-        finish_reason=later.finish_reason, num_input_tokens=later.num_input_tokens,
-        num_output_tokens=later.num_output_tokens, cumulative_logprob=later.cumulative_logprob,
-        logprobs=logprobs, error=later.error, error_kind=later.error_kind)
+        last.request_id, "".join(o.text for o in outs), [t for o in outs for t in o.token_ids], last.finished,
+        last.finish_reason, last.num_input_tokens, last.num_output_tokens, last.cumulative_logprob,
+        logprobs, last.error, last.error_kind)
 
 
 def rest_after_delivery(busy_s: float) -> None:
@@ -107,8 +106,9 @@ def deliver_outputs(items, dead: set[str], abort: Callable[[str], None]) -> None
 
 class EngineLoop:
     def __init__(self, engine: LLMEngine, deliver_batch: Callable[[list[RequestOutput]], None] | None = None):
-        """deliver_batch: if given, each delivery round's (merged) outputs go to it in one call
-        instead of to the per-request callbacks (engine/remote.py sends them as one message)."""
+        """deliver_batch: if given, each delivery round's outputs go to it in one call, in order
+        and unmerged, instead of to the per-request callbacks (engine/remote.py sends them as one
+        message)."""
         self.engine = engine
         self.deliver_batch = deliver_batch
         self._lock = threading.Lock()
@@ -258,6 +258,14 @@ class EngineLoop:
                 if not self._outbox and self._engine_done:
                     return
                 items, self._outbox = self._outbox, deque()
+            if self.deliver_batch is not None:
+                # Unmerged: the receiver (engine/remote.py's stub side) merges what queues up there,
+                # and this thread shares its GIL with the engine's (merging here was ~10% of it).
+                try:
+                    self.deliver_batch([out for _, out in items])
+                except Exception:
+                    log.error("output delivery failed:\n%s", traceback.format_exc())
+                continue
             # Keyed by receiver too: a refused duplicate id has its own callback and its own error.
             merged: dict[tuple[str, int], list] = {}   # insertion order = order of first output
             for cb, out in items:
@@ -267,12 +275,6 @@ class EngineLoop:
                 else:
                     merged[key] = [cb, out]
             started = time.perf_counter()
-            if self.deliver_batch is not None:
-                try:
-                    self.deliver_batch([out for _, out in merged.values()])
-                except Exception:
-                    log.error("output delivery failed:\n%s", traceback.format_exc())
-                continue
             deliver_outputs(merged.values(), dead, self.abort)
             rest_after_delivery(time.perf_counter() - started)
 

@@ -272,9 +272,14 @@ class RemoteEngineLoop:
         self._deliver_to([(cb, RequestOutput(rid, "", [], True, "error", error=message)) for rid, cb in pending])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        merged: dict[str, RequestOutput] = {}
+        groups: dict[str, list[RequestOutput]] = {}   # a request's outputs, in order
         for out in outputs:
-            merged[out.request_id] = merge_outputs(merged[out.request_id], out) if out.request_id in merged else out
+            group = groups.get(out.request_id)
+            if group is None:
+                groups[out.request_id] = [out]
+            else:
+                group.append(out)
+        merged = {rid: g[0] if len(g) == 1 else merge_outputs(*g) for rid, g in groups.items()}
         items = []
         with self._lock:
             for rid, out in merged.items():

@@ -142,7 +142,7 @@ class Sampler:
         """min_tokens: the rows whose stop tokens cannot be drawn yet."""
         # num_tokens counts tokens still in flight: they precede the one drawn now.
         return [i for i, s in enumerate(seqs)
-                if s.params.min_tokens and s.stop_ids and s.num_tokens - s.num_prompt_tokens < s.params.min_tokens]
+                if s.holds_stop_tokens and s.num_tokens - s.num_prompt_tokens < s.params.min_tokens]
 
     @staticmethod
     def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:

@@ -77,6 +77,7 @@ class Sequence:
         # Asked of every sequence every step (the sampler's fast path): computed once.
         self.has_penalties = params.has_penalties
         self.plain_greedy = params.greedy and not self.has_penalties and params.logprobs is None
+        self.holds_stop_tokens = bool(params.min_tokens and self.stop_ids)   # min_tokens may block them
         self.generator: torch.Generator | None = None  # per-request RNG when a seed is given
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
