@@ -1,0 +1,98 @@
+"""Custom Prometheus metrics on Triton's metrics port (pb_utils.MetricFamily).
+
+Names follow Triton's vLLM backend where it has the same metric, so existing dashboards work;
+labels are {"model", "version"} as there. Request-level metrics are observed by the adapter when a
+request's responses go out (what the client sees); engine gauges are refreshed by a small thread.
+"""
+from __future__ import annotations
+
+import threading
+
+import triton_python_backend_utils as pb_utils
+
+LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                   7.5, 10.0, 20.0, 40.0, 80.0]
+ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
+               0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
+FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
+
+
+
+
+class LLMMetrics:
+    def __init__(self, labels: dict[str, str], instance: str, engine, healthy=lambda: True,
+                 refresh_s: float = 0.5):
+        # Counters and histograms of all instances add up; gauges would overwrite each other, so
+        # they carry the instance name too.
+        gauge_labels = {**labels, "instance": instance}
+        C, G, H = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.HISTOGRAM
+        self.engine = engine
+        self.is_healthy = healthy
+        # Triton requires each MetricFamily to outlive its Metric objects: keep them all here.
+        self._families: list = []
+
+        def _family(name, description, kind):
+            family = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+            self._families.append(family)
+            return family
+
+        self.prompt_tokens = _family("vllm:prompt_tokens_total", "Prompt tokens processed", C).Metric(labels=labels)
+        self.generation_tokens = _family("vllm:generation_tokens_total", "Generated tokens", C).Metric(labels=labels)
+        self.ttft = _family("vllm:time_to_first_token_seconds", "Time to first token", H).Metric(
+            labels=labels, buckets=LATENCY_BUCKETS)
+        self.itl = _family("vllm:time_per_output_token_seconds", "Inter-token latency", H).Metric(
+            labels=labels, buckets=ITL_BUCKETS)
+        self.e2e = _family("vllm:e2e_request_latency_seconds", "End-to-end request latency", H).Metric(
+            labels=labels, buckets=LATENCY_BUCKETS)
+        success = _family("vllm:request_success_total", "Finished requests by finish reason", C)
+        self.finished = {r: success.Metric(labels={**labels, "finished_reason": r}) for r in FINISH_REASONS}
+        self.running = _family("vllm:num_requests_running", "Requests in the running batch", G).Metric(labels=gauge_labels)
+        self.waiting = _family("vllm:num_requests_waiting", "Requests waiting to be scheduled", G).Metric(labels=gauge_labels)
+        self.kv_usage = _family("vllm:gpu_cache_usage_perc", "KV-cache usage (0-1; CPU cache too)", G).Metric(labels=gauge_labels)
+        self.kv_blocks_used = _family("llm_kv_cache_blocks_used", "KV-cache blocks in use", G).Metric(labels=gauge_labels)
+        self.preemptions = _family("vllm:num_preemptions_total", "Preempted sequences", C).Metric(labels=labels)
+        self.prefix_hit_rate = _family("vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate (tokens)", G).Metric(labels=gauge_labels)
+        # 0 after a fatal engine error: Triton 2.51 cannot mark a Python model not-ready, so a
+        # liveness check reads this instead (see README, Deployment).
+        self.healthy = _family("llm_engine_healthy", "1 while the engine loop runs, 0 after a fatal error", G).Metric(labels=gauge_labels)
+        self.healthy.set(1)
+        self._last_preemptions = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh_loop, args=(refresh_s,), name="llm-metrics", daemon=True)
+        self._thread.start()
+
+    def request_finished(self, reason: str, prompt_tokens: int, output_tokens: int,
+                         ttft_s: float | None, e2e_s: float) -> None:
+        self.prompt_tokens.increment(prompt_tokens)
+        self.generation_tokens.increment(output_tokens)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        self.e2e.observe(e2e_s)
+        self.finished.get(reason, self.finished["error"]).increment(1)
+
+    def token_gap(self, seconds: float) -> None:
+        self.itl.observe(seconds)
+
+    def refresh(self) -> None:
+        self.healthy.set(1 if self.is_healthy() else 0)
+        s = self.engine.stats()
+        self.running.set(s.num_running)
+        self.waiting.set(s.num_waiting)
+        self.kv_blocks_used.set(s.kv_blocks_used)
+        self.kv_usage.set(s.kv_blocks_used / max(1, s.kv_blocks_total))
+        if s.num_preemptions > self._last_preemptions:
+            self.preemptions.increment(s.num_preemptions - self._last_preemptions)
+            self._last_preemptions = s.num_preemptions
+        if s.prefix_cache_queries:
+            self.prefix_hit_rate.set(s.prefix_cache_hits / s.prefix_cache_queries)
+
+    def _refresh_loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.refresh()
+            except Exception:  # never let metrics take the model down
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
