@@ -9,6 +9,12 @@ its inputs into the graphs' static buffers and replays the graph of its shape.
 The graphs read their inputs from the runner's int64 input buffer, in the layout of step_shapes
 (the runner copies a step's packed inputs straight into it), and from a static int32 block-table
 buffer of the full width, so a replay costs one host-to-device copy, one table copy and the launch.
+
+Each graph also computes every row's greedy token and its log-probability (the sampler's
+argmax/logsumexp kernel, `greedy`): a step whose requests all sample greedily (the common case)
+then needs no sampling launches of its own, only the copy of those results to the host. Two
+Triton launches and their scratch tensors cost ~6% of the engine thread at batch 128 (py-spy,
+perf/results/2026-11-24-h100/served_host_path/).
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ log = logging.getLogger(__name__)
 
 class StepGraphs:
     def __init__(self, model: LlamaModel, kv_cache, shapes: list[StepShape], inputs: torch.Tensor,
-                 max_blocks_per_seq: int, block_size: int, device: torch.device):
+                 max_blocks_per_seq: int, block_size: int, device: torch.device, argmax_logsumexp=None):
         """inputs: the runner's device buffer that each step's packed inputs are copied into
-        (int64, at least the largest shape's head_len long); the graphs read from it."""
+        (int64, at least the largest shape's head_len long); the graphs read from it.
+        argmax_logsumexp: the sampler's kernel (kernels.sampling), captured after the forward."""
         self.model = model
         self.kv_cache = kv_cache
         self.shapes = shapes
@@ -41,6 +48,10 @@ class StepGraphs:
         # stay allocated in the pool, and at [256, 128k] fp32 that is 131 MB for each of ~100 graphs.
         w = model.w["lm_head"]
         self.logits = torch.empty((max(s.num_seqs for s in shapes), w.shape[0]), dtype=w.dtype, device=device)
+        # The greedy results, as the sampler copies them to the host: [tokens S | log-probs S].
+        self.argmax_logsumexp = argmax_logsumexp
+        self.greedy_out = torch.empty(2 * max(s.num_seqs for s in shapes), dtype=torch.float64, device=device)
+        self.greedy_ids: dict[StepShape, torch.Tensor] = {}   # int64 [S], in each graph's pool
 
     def _inputs(self, shape: StepShape) -> StepInputs:
         """The captured forward's inputs: views of the static buffers; the int32 casts of the
@@ -60,17 +71,32 @@ class StepGraphs:
         # Largest first, so smaller graphs fit in the memory the largest one's pool already holds.
         for shape in sorted(self.shapes, key=lambda s: (s.num_tokens, s.num_seqs), reverse=True):
             self.fill_inert(shape)
-            out = self.logits[:shape.num_seqs]
-            self.model.forward(self._inputs(shape), self.kv_cache, out)   # warm up: Triton compiles here
+            self._forward(shape)   # warm up: Triton compiles here
             torch.cuda.synchronize()
             torch.cuda.empty_cache()   # the warm-up's activations go back, for the pool to take
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.model.forward(self._inputs(shape), self.kv_cache, out)
+                ids = self._forward(shape)
+            if ids is not None:
+                self.greedy_ids[shape] = ids
             pool = graph.pool() if pool is None else pool
             self.graphs[shape] = graph
         torch.cuda.synchronize()
         log.info("captured %d CUDA graphs (step shapes) in %.1f s", len(self.graphs), time.perf_counter() - t0)
+
+    def _forward(self, shape: StepShape) -> torch.Tensor | None:
+        out = self.logits[:shape.num_seqs]
+        self.model.forward(self._inputs(shape), self.kv_cache, out)
+        if self.argmax_logsumexp is None:
+            return None
+        ids, _ = self.argmax_logsumexp(out, greedy_out=self.greedy_out[:2 * shape.num_seqs])
+        return ids
+
+    def greedy(self, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last replay's greedy tokens of every row (int64 [S]) and [tokens | log-probs]
+        (float64 [2S]); valid until the next replay, like the logits."""
+        ids = self.greedy_ids.get(shape)
+        return None if ids is None else (ids, self.greedy_out[:2 * shape.num_seqs])
 
     def __contains__(self, shape: StepShape | None) -> bool:
         return shape in self.graphs

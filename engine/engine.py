@@ -215,7 +215,7 @@ class LLMEngine:
             seq.num_computed_tokens += n
         if not sampling:
             return None
-        sampled = self.sampler.sample(logits, sampling)
+        sampled = self.sampler.sample(logits, sampling, self.runner.last_greedy)
         for row, seq in enumerate(sampling):
             seq.num_pending += 1
             seq.pending_row = row

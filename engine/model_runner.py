@@ -46,6 +46,7 @@ class ModelRunner:
         # On the GPU every step is padded to a bucket shape (step_shapes), captured as a CUDA
         # graph unless enforce_eager; the CPU runs steps as they come.
         self.buckets = self.graphs = None
+        self.last_greedy = None   # the last step's greedy results, when its graph computed them
         max_blocks = -(-max_model_len // self.block_size)
         self.max_context_len = max_blocks * self.block_size
         if self.device.type == "cuda":
@@ -57,7 +58,7 @@ class ModelRunner:
                                       dtype=torch.long, device=self.device)
             if not config.enforce_eager:
                 self.graphs = StepGraphs(self.model, self.kv_cache, shapes, self.inputs, max_blocks,
-                                         self.block_size, self.device)
+                                         self.block_size, self.device, get_ops(self.device).argmax_logsumexp)
                 self.graphs.capture()
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
                  self.num_blocks * self.bytes_per_block / 2**30)
@@ -220,7 +221,8 @@ class ModelRunner:
         batch order; the sampler reads them as they are (an fp32 copy would be one more kernel
         and, at batch 256, 128 MB a step). Only queues device work. prev_tokens: the previous
         step's sampled tokens on the device, for sequences whose last token the host has not
-        read yet."""
+        read yet. After a replayed graph, `last_greedy` holds its greedy results (every row's
+        token and log-probability, StepGraphs.greedy) for the sampler."""
         num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
         shape = None
         if self.buckets:
@@ -228,8 +230,10 @@ class ModelRunner:
             shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
         self.last_shape = shape
         packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
+        self.last_greedy = None
         if self.graphs is not None and shape in self.graphs:
             logits = self.graphs.replay(shape, width)
+            self.last_greedy = self.graphs.greedy(shape)
         else:
             padded = shape is not None
             if not padded:   # the step's own sizes

@@ -32,11 +32,13 @@ class SampledTokens:
     the engine can launch the next step, which reads these tokens on the device (`token_ids`).
     """
 
-    def __init__(self, token_ids: torch.Tensor, host: torch.Tensor, event, top_ks: list[int]):
+    def __init__(self, token_ids: torch.Tensor, host: torch.Tensor, event, top_ks: list[int],
+                 stride: int | None = None):
         self.token_ids = token_ids     # [rows] int64 on the device
         self._host = host              # float64: ids, logprobs, then each row's top-k ids and logprobs
         self._event = event            # CUDA event after the copy (None on the CPU: already done)
         self._top_ks = top_ks          # per row, 0 when the request asked for no top logprobs
+        self._stride = stride          # where the logprobs start in _host (default: after the ids)
 
     def result(self) -> SampleResult:
         if self._event is not None:
@@ -44,7 +46,8 @@ class SampledTokens:
         values = self._host.tolist()   # token ids are exact in float64
         n = len(self._top_ks)
         token_ids = [int(t) for t in values[:n]]
-        logprobs = values[n:2 * n]
+        at = self._stride or n
+        logprobs = values[at:at + n]
         top = [None] * n
         k_max = max(self._top_ks, default=0)
         if k_max:
@@ -65,12 +68,18 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         return self.sample(logits, seqs).result()
 
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampledTokens:
-        """Queue the sampling of one token per row; nothing here waits for the device."""
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence],
+               greedy: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampledTokens:
+        """Queue the sampling of one token per row; nothing here waits for the device.
+        greedy: the step's CUDA graph's own greedy results for its (padded) rows, the first
+        len(seqs) of which are these (StepGraphs.greedy): used when every row samples greedily."""
         blocked = self._stop_blocked_rows(seqs)
         if not blocked and all(s.plain_greedy for s in seqs):
             # The common case, all greedy: the kernel below writes the tokens and their
             # log-probabilities straight into the buffer copied to the host.
+            if greedy is not None:   # already computed inside the step's graph
+                ids, packed = greedy
+                return self._to_host(ids[:len(seqs)], packed, [0] * len(seqs), stride=len(ids))
             packed = torch.empty(2 * len(seqs), dtype=torch.float64, device=logits.device)
             greedy, _ = self.ops.argmax_logsumexp(logits, greedy_out=packed)
             return self._to_host(greedy, packed, [0] * len(seqs))
@@ -99,16 +108,17 @@ class Sampler:
         return self._to_host(chosen, torch.cat(parts), top_ks)
 
     @staticmethod
-    def _to_host(chosen: torch.Tensor, packed: torch.Tensor, top_ks: list[int]) -> SampledTokens:
+    def _to_host(chosen: torch.Tensor, packed: torch.Tensor, top_ks: list[int],
+                 stride: int | None = None) -> SampledTokens:
         if packed.device.type != "cuda":
-            return SampledTokens(chosen, packed, None, top_ks)
+            return SampledTokens(chosen, packed, None, top_ks, stride)
         # One device-to-host copy for everything the host needs, into pinned memory so it is
         # truly asynchronous; the event marks its completion.
         host = torch.empty(packed.numel(), dtype=torch.float64, pin_memory=True)
         host.copy_(packed, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return SampledTokens(chosen, host, event, top_ks)
+        return SampledTokens(chosen, host, event, top_ks, stride)
 
     def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         """A small host list on the device without a synchronizing copy from pageable memory."""

@@ -53,3 +53,25 @@ def test_long_context_shapes_split_the_kv_range_without_changing_tokens(tiny_mod
         del engine
         torch.cuda.empty_cache()
     assert results["graphs"] == results["eager"] == results["unsplit"]
+
+
+@needs_gpu
+def test_greedy_steps_take_their_tokens_from_the_graph(tiny_model_dir, monkeypatch):
+    """A replayed step computes its greedy tokens inside the graph: an all-greedy generation
+    launches no sampling kernel of its own after start-up, and gives the eager engine's tokens;
+    a sampled request (temperature) still goes through the sampler's kernels."""
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda", dtype="float32",
+                                    max_num_seqs=8, num_kv_blocks=512))
+    calls = []
+    real = engine.sampler.ops.argmax_logsumexp
+    monkeypatch.setattr(engine.sampler.ops, "argmax_logsumexp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    graphed = [c.token_ids for c in engine.generate(PROMPTS, params)]
+    assert calls == []
+    engine.generate(PROMPTS[:2], SamplingParams(max_tokens=4, temperature=0.8, seed=1))
+    assert calls
+    del engine
+    torch.cuda.empty_cache()
+    eager = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda", dtype="float32",
+                                   enforce_eager=True, max_num_seqs=8, num_kv_blocks=512))
+    assert [c.token_ids for c in eager.generate(PROMPTS, params)] == graphed

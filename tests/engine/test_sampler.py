@@ -113,6 +113,27 @@ def test_all_greedy_batch_reports_argmax_and_raw_logprobs(dtype):
     assert general.logprobs == pytest.approx(greedy.logprobs, abs=1e-6)
 
 
+def test_greedy_results_precomputed_for_padded_rows_are_used_as_the_kernel_s():
+    """A step's CUDA graph computes the greedy token of every padded row (StepGraphs.greedy); the
+    sampler takes the first rows of those results for an all-greedy batch, and the general path
+    (a row that does not sample greedily) ignores them."""
+    g = torch.Generator().manual_seed(11)
+    padded = torch.randn(8, 40, generator=g) * 4            # 5 real rows + 3 padding rows
+    sampler = Sampler(CPU)
+    ids, lse = sampler.ops.argmax_logsumexp(padded)
+    packed = torch.cat([ids.double(), (padded.gather(1, ids[:, None]).squeeze(1) - lse).double()])
+    expected = sampler(padded[:5], seqs_for(SamplingParams(temperature=0.0), 5))
+    got = sampler.sample(padded[:5], seqs_for(SamplingParams(temperature=0.0), 5), (ids, packed))
+    assert got.token_ids.data_ptr() == ids.data_ptr()        # the graph's tokens, not a new kernel's
+    result = got.result()
+    assert result.token_ids == expected.token_ids and result.logprobs == pytest.approx(expected.logprobs, abs=1e-6)
+    wrong = (torch.zeros_like(ids), torch.zeros_like(packed))  # would give token 0 if it were used
+    seqs = seqs_for(SamplingParams(temperature=0.0), 5)
+    seqs[1] = fake_seq([3, 4, 5], SamplingParams(temperature=0.0, logprobs=2), request_id="k")
+    general = sampler.sample(padded[:5], seqs, wrong).result()
+    assert general.token_ids == expected.token_ids
+
+
 def test_top_k_1_equals_greedy_whatever_the_temperature():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(64, 30, generator=g)
