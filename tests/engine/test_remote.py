@@ -148,7 +148,8 @@ def test_delivery_rests_after_long_rounds_and_outputs_merge(gqa, remote, monkeyp
 
 def test_submit_does_not_wait_for_the_engine_process(gqa, remote):
     """Requests are checked and sent without a round trip: even a stopped child does not hold up
-    the caller (Triton's execute), and everything runs once it continues."""
+    the caller (Triton's execute), and everything runs once it continues, in order: an abort sent
+    after a submit (they travel together, batched) ends that request."""
     expected = run_requests(make_engine(gqa), PROMPTS[:4], greedy(12))
     loop = remote(gqa)
     col = Collector()
@@ -164,10 +165,13 @@ def test_submit_does_not_wait_for_the_engine_process(gqa, remote):
         with pytest.raises(InvalidRequest) as info:
             loop.submit("r0", PROMPTS[0], greedy(4), lambda out: None)
         assert info.value.field == "request_id"
+        loop.submit("gone", PROMPTS[0], greedy(200), col.callback("gone"))
+        loop.abort("gone")
     finally:
         os.kill(loop._proc.pid, signal.SIGCONT)
-    col.wait([f"r{i}" for i in range(4)])
+    col.wait([f"r{i}" for i in range(4)] + ["gone"])
     assert [col.result(f"r{i}") for i in range(4)] == expected
+    assert col.outs["gone"][-1].finish_reason == "abort" and col.outs["gone"][-1].num_output_tokens < 200
 
 
 def test_a_request_the_engine_process_refuses_gets_an_error_output(gqa, remote):
