@@ -92,10 +92,6 @@ class RemoteEngineLoop:
         self._delivery = threading.Thread(target=self._delivery_loop, name="llm-remote-delivery", daemon=True)
         self._outbox: list[RequestOutput] = []
         self._outbox_ready = threading.Condition()
-        # A third sends the commands for the child (see _post_command).
-        self._sender = threading.Thread(target=self._send_loop, name="llm-remote-sender", daemon=True)
-        self._commands: list[tuple] = []
-        self._commands_ready = threading.Condition()
         self._receiver_done = False
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -137,7 +133,6 @@ class RemoteEngineLoop:
                 raise RuntimeError(f"engine process failed to start: {payload}")
         self._receiver.start()
         self._delivery.start()
-        self._sender.start()
         return self
 
     @property
@@ -172,19 +167,23 @@ class RemoteEngineLoop:
                 raise QueueFull(f"the waiting queue is full ({len(self._unstarted)} requests); retry later")
             self._callbacks[request_id] = on_output   # before the child can answer with outputs
             self._unstarted.add(request_id)
-        self._post_command(("submit", request_id, ids, params))
+        try:
+            self._send(("submit", request_id, ids, params))
+        except OSError as e:
+            self._forget(request_id)
+            raise EngineDead(f"engine process unreachable: {e}") from None
         return len(ids)
 
     def abort(self, request_id: str) -> None:
-        self._post_command(("abort", request_id))
+        self._send_quietly(("abort", request_id))
 
     def drain(self, grace_s: float) -> None:
         self._draining = True
-        self._post_command(("drain", grace_s))
+        self._send_quietly(("drain", grace_s))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        self._post_command(("shutdown", timeout))
+        self._send_quietly(("shutdown", timeout))
         if self._proc is not None:
             try:
                 self._proc.wait(timeout + 5)
@@ -192,7 +191,6 @@ class RemoteEngineLoop:
                 self._proc.kill()
         self._receiver.join(timeout)
         self._delivery.join(timeout)
-        self._sender.join(timeout)
         shutil.rmtree(getattr(self, "_socket_dir", ""), ignore_errors=True)
 
     # ----- plumbing ------------------------------------------------------------------------------
@@ -200,27 +198,11 @@ class RemoteEngineLoop:
         with self._send_lock:
             self._conn.send(message)
 
-    def _post_command(self, command: tuple) -> None:
-        """Queue a command (submit, abort, drain, shutdown) for the sender thread, which sends
-        everything queued so far as one message, in order. Each message costs the child's main
-        thread a few GIL hand-overs from its busy engine thread (~0.5 ms each): one message per
-        request made a burst of 128 requests wait ~200 ms to be queued in the engine."""
-        with self._commands_ready:
-            self._commands.append(command)
-            self._commands_ready.notify()
-
-    def _send_loop(self) -> None:
-        while True:
-            with self._commands_ready:
-                while not self._commands:
-                    self._commands_ready.wait()
-                commands, self._commands = self._commands, []
-            try:
-                self._send(("commands", commands))
-            except (OSError, ValueError):
-                pass   # the child is gone: the receiver fails what is in flight
-            if any(c[0] == "shutdown" for c in commands):
-                return
+    def _send_quietly(self, message) -> None:
+        try:
+            self._send(message)
+        except (OSError, ValueError):
+            pass   # the child is gone; the receiver reports it
 
     def _forget(self, request_id: str) -> None:
         with self._lock:
@@ -360,33 +342,25 @@ def _child_main() -> None:
                     send(("fatal", loop.fatal_error))
                     fatal_sent = True
                 continue
-            _, commands = conn.recv()
-            for command in commands:
-                if _handle(command, loop, send):
-                    return
+            message = conn.recv()
+            kind = message[0]
+            if kind == "submit":   # checked by the parent already: normally nothing to answer
+                _, rid, prompt, params = message
+                try:
+                    loop.submit(rid, prompt, params, _REMOTE)
+                except Exception as e:
+                    message = str(e) if isinstance(e, (InvalidRequest, QueueFull, EngineDead)) else f"{type(e).__name__}: {e}"
+                    send(("refused", (rid, error_kind_of(e), message)))
+            elif kind == "abort":
+                loop.abort(message[1])
+            elif kind == "drain":
+                loop.drain(message[1])
+            elif kind == "shutdown":
+                loop.shutdown(message[1])
+                send(("bye", None))
+                return
     except (EOFError, OSError):   # the stub process is gone: stop
         loop.shutdown(5.0)
-
-
-def _handle(command: tuple, loop: EngineLoop, send) -> bool:
-    """One command from the parent, in the child; True after shutdown."""
-    kind = command[0]
-    if kind == "submit":   # checked by the parent already: normally nothing to answer
-        _, rid, prompt, params = command
-        try:
-            loop.submit(rid, prompt, params, _REMOTE)
-        except Exception as e:
-            message = str(e) if isinstance(e, (InvalidRequest, QueueFull, EngineDead)) else f"{type(e).__name__}: {e}"
-            send(("refused", (rid, error_kind_of(e), message)))
-    elif kind == "abort":
-        loop.abort(command[1])
-    elif kind == "drain":
-        loop.drain(command[1])
-    elif kind == "shutdown":
-        loop.shutdown(command[1])
-        send(("bye", None))
-        return True
-    return False
 
 
 def _remote_placeholder(out: RequestOutput) -> None:

@@ -149,7 +149,7 @@ def test_delivery_rests_after_long_rounds_and_outputs_merge(gqa, remote, monkeyp
 def test_submit_does_not_wait_for_the_engine_process(gqa, remote):
     """Requests are checked and sent without a round trip: even a stopped child does not hold up
     the caller (Triton's execute), and everything runs once it continues, in order: an abort sent
-    after a submit (they travel together, batched) ends that request."""
+    right after a submit ends that request."""
     expected = run_requests(make_engine(gqa), PROMPTS[:4], greedy(12))
     loop = remote(gqa)
     col = Collector()
