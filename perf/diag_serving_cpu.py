@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             server.grpc_url, server.model, concurrency=args.concurrency, input_len=args.input_len,
             output_len=args.output_len, num_requests=None, duration=args.duration, processes=None, warmup=min(args.concurrency, 32),
             warmup_timeout=60.0, drain_timeout=10.0, tokenizer=str(args.model_dir), progress=False,
-            request_timeout=args.duration + 60)))
+            request_timeout=args.duration + 60, metrics_url=server.metrics_url)))
         load.start()
         time.sleep(args.delay)
         pids = process_tree(server.process.pid)
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     m = summary.get("loadgen", {})
     print(f"c{args.concurrency}: {m.get('output_tokps') or 0:.0f} tok/s, TTFT p50 {m.get('ttft_ms_p50') or 0:.1f} ms, "
           f"ITL p50 {m.get('itl_ms_p50') or 0:.2f} ms")
+    print("server: " + ", ".join(f"{k[7:]} {v:.2f}" for k, v in m.items() if k.startswith("server_") and isinstance(v, float)))
     print(f"{'process':32s} {'tid':>8s} {'thread':24s} {'cpu':>6s}")
     for r in summary.get("threads", []):
         print(f"{r['process'][:32]:32s} {r['tid']:8d} {(r['python_thread'] or r['thread'])[:24]:24s} {r['cpu_share']:6.2f}")

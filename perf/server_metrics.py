@@ -95,6 +95,19 @@ def delta_metrics(before: dict, after: dict, seconds: float, gauges: dict[str, l
             m[f"server_{key}_max"] = max(values)
             if key == "running":
                 m["server_running_mean"] = sum(values) / len(values)
+    # Triton's own per-model counters: how long requests waited in the server's queue before the
+    # model's execute() took them, and how long execute() held them (it returns once a request
+    # is handed to the engine, so that is the adapter's submit path).
+    requests = d("nv_inference_request_success")
+    if requests:
+        for key, name in (("queue", "nv_inference_queue_duration_us"),
+                          ("execute", "nv_inference_compute_infer_duration_us")):
+            us = d(name)
+            if us is not None:
+                m[f"server_triton_{key}_ms_mean"] = us / requests / 1000.0
+        executions = d("nv_inference_exec_count")
+        if executions:
+            m["server_triton_requests_per_execute"] = requests / executions
     if "vllm:gpu_prefix_cache_hit_rate" in after:
         m["server_prefix_cache_hit_rate"] = after["vllm:gpu_prefix_cache_hit_rate"]
     return m
