@@ -9,7 +9,8 @@ level samples, for every process of the server's tree (tritonserver, the backend
 process), the CPU time of each thread from /proc (user + system, as a share of one core). With
 --py-spy it also records, non-blocking, the Python stacks of the stub and of the engine process:
 `<proc>_gil.txt` holds only samples of the thread holding the GIL (who owns the interpreter),
-`<proc>_cpu.txt` the threads that are running (idle ones left out), both py-spy "raw" collapsed
+`<proc>_cpu.txt` the threads that are running (idle ones left out), `<proc>_wall.txt` every
+thread, idle or not (where wall time goes: blocked sends, waits, rests), all py-spy "raw" collapsed
 stacks, one line per stack and thread. The summary (stdout and summary.json) ranks threads by CPU
 and, per profile, each thread's share of samples and its top functions by self samples.
 """
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 tag = "engine" if "engine.remote" in label else "stub"
                 names.update(python_thread_names(args.py_spy, pid))
-                for kind, extra in (("gil", ["--gil"]), ("cpu", [])):
+                for kind, extra in (("gil", ["--gil"]), ("cpu", []), ("wall", ["--idle"])):
                     spies.append(subprocess.Popen(
                         [args.py_spy, "record", "--pid", str(pid), "-d", str(int(args.window)), "-r", "200",
                          "--threads", "--nonblocking", "-f", "raw", "-o", str(out / f"{tag}_{kind}.txt"), *extra],
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             p.wait(timeout=args.window + 30)
         load.join()
         summary["loadgen"] = result.get("metrics", {})
-        summary["profiles"] = {f.stem: summarize_profile(f) for f in sorted(out.glob("*_gil.txt")) + sorted(out.glob("*_cpu.txt"))}
+        summary["profiles"] = {f.stem: summarize_profile(f) for kind in ("gil", "cpu", "wall")
+                               for f in sorted(out.glob(f"*_{kind}.txt"))}
     finally:
         stop(server)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

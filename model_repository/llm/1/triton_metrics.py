@@ -1,12 +1,20 @@
 """Custom Prometheus metrics on Triton's metrics port (pb_utils.MetricFamily).
 
 Names follow Triton's vLLM backend where it has the same metric, so existing dashboards work;
-labels are {"model", "version"} as there. Request-level metrics are observed by the adapter when a
+labels are {"model", "version"} as there. Request-level metrics are taken by the adapter when a
 request's responses go out (what the client sees); engine gauges are refreshed by a small thread.
+
+Every metric update is a message to the Triton server process. Made by the thread that sends the
+responses, they were ~15% of its wall time at concurrency 128 on the H100 (py-spy,
+perf/results/2026-11-24-h100/served_host_path/10_stub_wall_profile/), time in which no response
+went out. So `token_gap` and `request_finished` only queue the observation; the metrics thread
+applies queued observations at most every FLUSH_S (and at close), before refreshing the gauges.
 """
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 
 import triton_python_backend_utils as pb_utils
 
@@ -15,6 +23,7 @@ LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0
 ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
+FLUSH_S = 0.02   # the longest a queued observation waits before it reaches Triton's metrics
 
 
 
@@ -57,21 +66,34 @@ class LLMMetrics:
         self.healthy = _family("llm_engine_healthy", "1 while the engine loop runs, 0 after a fatal error", G).Metric(labels=gauge_labels)
         self.healthy.set(1)
         self._last_preemptions = 0
+        self._pending: deque[tuple] = deque()   # observations not applied yet (deque: thread-safe appends)
+        self._queued = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, args=(refresh_s,), name="llm-metrics", daemon=True)
         self._thread.start()
 
     def request_finished(self, reason: str, prompt_tokens: int, output_tokens: int,
                          ttft_s: float | None, e2e_s: float) -> None:
-        self.prompt_tokens.increment(prompt_tokens)
-        self.generation_tokens.increment(output_tokens)
-        if ttft_s is not None:
-            self.ttft.observe(ttft_s)
-        self.e2e.observe(e2e_s)
-        self.finished.get(reason, self.finished["error"]).increment(1)
+        self._pending.append((reason, prompt_tokens, output_tokens, ttft_s, e2e_s))
+        self._queued.set()
 
     def token_gap(self, seconds: float) -> None:
-        self.itl.observe(seconds)
+        self._pending.append(seconds)
+        self._queued.set()
+
+    def _apply_pending(self) -> None:
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, float):
+                self.itl.observe(item)
+                continue
+            reason, prompt_tokens, output_tokens, ttft_s, e2e_s = item
+            self.prompt_tokens.increment(prompt_tokens)
+            self.generation_tokens.increment(output_tokens)
+            if ttft_s is not None:
+                self.ttft.observe(ttft_s)
+            self.e2e.observe(e2e_s)
+            self.finished.get(reason, self.finished["error"]).increment(1)
 
     def refresh(self) -> None:
         self.healthy.set(1 if self.is_healthy() else 0)
@@ -87,12 +109,24 @@ class LLMMetrics:
             self.prefix_hit_rate.set(s.prefix_cache_hits / s.prefix_cache_queries)
 
     def _refresh_loop(self, period: float) -> None:
-        while not self._stop.wait(period):
-            try:
-                self.refresh()
-            except Exception:  # never let metrics take the model down
+        next_refresh = time.monotonic() + period
+        while not self._stop.is_set():
+            self._queued.wait(max(0.0, next_refresh - time.monotonic()))
+            self._queued.clear()
+            try:   # never let metrics take the model down
+                self._apply_pending()
+                if time.monotonic() >= next_refresh:
+                    self.refresh()
+                    next_refresh = time.monotonic() + period
+            except Exception:
                 pass
+            self._stop.wait(FLUSH_S)   # observations queued meanwhile go together
 
     def close(self) -> None:
         self._stop.set()
+        self._queued.set()
         self._thread.join(2)
+        try:
+            self._apply_pending()
+        except Exception:
+            pass
