@@ -141,12 +141,18 @@ class MetricsSampler:
                     if name in snap:
                         self.gauges[key].append(snap[name])
 
+    # The model applies its request observations on its metrics thread, within ~20 ms of the last
+    # response (model_repository/llm/1/triton_metrics.py, FLUSH_S): let them land.
+    SETTLE_S = 0.2
+
     def end(self) -> dict:
         if self._thread is None:
             return {}
         self._stop.set()
         self._thread.join(2)
+        elapsed = time.perf_counter() - self.t_begin   # the rates are over the measured phase only
+        time.sleep(self.SETTLE_S)
         after = scrape(self.url, self.model)
         if not self.before or not after:
             return {"server_metrics_error": f"could not scrape {self.url}"}
-        return delta_metrics(self.before, after, time.perf_counter() - self.t_begin, self.gauges)
+        return delta_metrics(self.before, after, elapsed, self.gauges)
