@@ -17,8 +17,8 @@ instances: EngineConfig.runs_in_own_process).
 `submit` tokenizes and validates here, with the limits the child reported when it came up, so it
 raises the same InvalidRequest, QueueFull and EngineDead as EngineLoop.submit, and then sends the
 request without waiting for an answer: a round trip to the busy child cost ~2 ms a request (the
-child's GIL is the engine thread's), which serialized admission (TTFT p50 ~300 ms at concurrency
-128). The queue bound is checked against the requests this side has sent that have no output yet;
+child's GIL is the engine thread's), all of it inside Triton's execute(), which takes one request
+at a time. The queue bound is checked against the requests this side has sent that have no output yet;
 the child checks its own queue again, and a request it refuses after all gets a final error output
 whose `error_kind` says why. If the child dies, every request in flight gets an error output and
 `healthy` turns False, as after a fatal step in EngineLoop.
