@@ -94,11 +94,6 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def last_token_in_flight(self) -> bool:
-        """Its final token (by length) is sampled but not yet read: nothing left to schedule."""
-        return self.num_pending > 0 and self.num_tokens >= self.max_total_tokens
-
-    @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
 
