@@ -133,6 +133,9 @@ class EngineConfig:
     # tokens/s of the in-process engine on the H100 (perf/results/2026-11-23-h100/async/
     # engine_process_6f9258a); on the CPU the engine's forward itself is the bottleneck.
     engine_process: bool | None = None
+    # With engine_process: threads in the server's model process that hand outputs to Triton, each
+    # for a share of the requests (engine/remote.py: a response send waits on the server).
+    response_threads: int = 4
     max_waiting_requests: int = 4096       # admission queue bound; beyond it requests are refused
     seed: int = 0                          # for requests that sample without their own seed
     extra: dict = field(default_factory=dict)

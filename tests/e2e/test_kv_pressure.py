@@ -22,10 +22,11 @@ def small_cache_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("pressure")
     # On here though off by default on the CPU: asynchronous scheduling (the GPU default; preemption
     # while tokens are in flight) and the engine in its own process (engine/remote.py: outputs,
-    # errors, the queue bound and the metrics' engine gauges all cross the process boundary).
+    # errors, the queue bound and the metrics' engine gauges all cross the process boundary), its
+    # outputs sent to Triton by three threads at once (each stream's responses by one of them).
     repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks=str(NUM_BLOCKS), max_num_seqs="16",
                                   max_model_len="1024", max_waiting_requests="64", async_scheduling="true",
-                                  engine_process="true")
+                                  engine_process="true", response_threads="3")
     srv = start_server(tmp, repo, tiny_model_dir)
     yield srv
     stop_server(srv)

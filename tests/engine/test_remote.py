@@ -8,13 +8,14 @@ in flight gets an error output and the loop reports unhealthy.
 from __future__ import annotations
 
 import os
-import time
 import signal
+import threading
+import time
 
 import pytest
 
 from engine import EngineConfig, EngineDead, InvalidRequest, QueueFull, SamplingParams
-from engine.remote import RemoteEngineLoop
+from engine.remote import RemoteEngineLoop, shard_index
 from engine_testing import PROMPTS, make_engine, run_requests
 from test_loop import Collector, wait_for
 
@@ -51,7 +52,8 @@ def test_outputs_equal_the_in_process_engine(gqa, remote):
         assert n == len(make_engine(gqa).tokenize(p))
     col.wait([f"r{i}" for i in range(len(PROMPTS))])
     assert [col.result(f"r{i}") for i in range(len(PROMPTS))] == expected
-    assert col.threads == {"llm-remote-delivery"}   # not the thread that answers submits
+    # Delivered by the delivery threads, not the thread that answers submits.
+    assert col.threads and col.threads <= {f"llm-remote-delivery-{i}" for i in range(loop.config.response_threads)}
     wait_for(lambda: loop.stats().kv_blocks_used == 0 and loop.num_in_flight == 0)
 
 
@@ -200,3 +202,45 @@ def test_outputs_cross_the_socket_column_by_column():
             RequestOutput("c", "yz", [2, 3], True, "length", 5, 2, -1.0, [{"2": {"logprob": -0.1}}])]
     assert decode_outputs(encode_outputs(outs)) == outs
     assert decode_outputs(encode_outputs([])) == []
+
+
+def _ids_on_shards(num_shards):
+    """One request id per delivery thread."""
+    ids = {}
+    for i in range(1000):
+        ids.setdefault(shard_index(f"q{i}", num_shards), f"q{i}")
+        if len(ids) == num_shards:
+            return [ids[s] for s in range(num_shards)]
+    raise AssertionError("no ids found for every shard")
+
+
+def test_a_blocked_response_send_holds_up_only_its_own_delivery_thread(gqa, remote):
+    """Triton's response send waits on the server. With response_threads=2, a request whose send
+    is stuck delays only the requests of its own thread: the other thread's request streams to the
+    end meanwhile, and once unblocked the stuck one finishes with the engine's tokens, in order."""
+    expected = run_requests(make_engine(gqa), PROMPTS[:2], greedy(30))
+    loop = remote(gqa, response_threads=2)
+    stuck, free = _ids_on_shards(2)
+    release = threading.Event()
+    col = Collector()
+    loop.submit(stuck, PROMPTS[0], greedy(30), col.callback(stuck, hook=lambda out: release.wait(60)))
+    col.wait_first([stuck])
+    loop.submit(free, PROMPTS[1], greedy(30), col.callback(free))
+    col.wait([free])                       # while `stuck` is still blocked in its first send
+    assert not col.done[stuck].is_set()
+    release.set()
+    col.wait([stuck])
+    assert [col.result(stuck), col.result(free)] == expected
+
+
+def test_each_request_is_delivered_by_one_thread(gqa, remote):
+    loop = remote(gqa, response_threads=3)
+    ids = _ids_on_shards(3)
+    names: dict[str, set] = {rid: set() for rid in ids}
+    col = Collector()
+    for rid, prompt in zip(ids, PROMPTS):
+        loop.submit(rid, prompt, greedy(25),
+                    col.callback(rid, hook=lambda out: names[out.request_id].add(threading.current_thread().name)))
+    col.wait(ids)
+    assert all(len(n) == 1 for n in names.values()), names
+    assert len(set().union(*names.values())) == 3   # the three requests went to three threads
