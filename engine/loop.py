@@ -81,10 +81,14 @@ def rest_after_delivery(busy_s: float) -> None:
         time.sleep(min(busy_s * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
 
 
-def deliver_outputs(items, dead: set[str], abort: Callable[[str], None]) -> None:
+def deliver_outputs(items, dead: set[str], abort: Callable[[str], None], yield_gil: bool = True) -> None:
     """Hand each (callback, output) pair to its callback. A callback that raises loses its request:
     the request is aborted in the engine (its blocks freed) and its later outputs are dropped
-    (`dead` holds it until its final output has gone by)."""
+    (`dead` holds it until its final output has gone by).
+
+    yield_gil: after each callback, let a thread waiting for the GIL (the engine thread of this
+    process) have it. Off where the engine runs in another process (engine/remote.py): there each
+    hand-over only made this thread wait for the GIL again behind the process's other senders."""
     for cb, out in items:
         rid = out.request_id
         if rid in dead:
@@ -93,10 +97,11 @@ def deliver_outputs(items, dead: set[str], abort: Callable[[str], None]) -> None
             continue
         try:
             cb(out)
-            # Hand the GIL to the engine thread if it is waiting: a receiver that does blocking
-            # IPC while holding the GIL (Triton's response sender) would otherwise delay the next
-            # engine step by up to the switch interval per send.
-            time.sleep(0)
+            if yield_gil:
+                # A receiver that does blocking IPC while holding the GIL (Triton's response
+                # sender) would otherwise delay the next engine step by up to the switch
+                # interval per send.
+                time.sleep(0)
         except Exception:
             log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
             if not out.finished:

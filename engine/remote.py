@@ -299,7 +299,7 @@ class RemoteEngineLoop:
         self._deliver_to(items)
 
     def _deliver_to(self, items) -> None:
-        deliver_outputs(items, self._dead, self._abort_failed)
+        deliver_outputs(items, self._dead, self._abort_failed, yield_gil=False)
 
     def _abort_failed(self, request_id: str) -> None:
         with self._lock:

@@ -34,6 +34,10 @@ from engine.remote import RemoteEngineLoop
 from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# How often a stream asks Triton whether its client cancelled: each ask is a round trip to the
+# server, as costly as a response send, so not at every output (a cancelled stream's blocks are
+# freed at most this much later).
+CANCEL_CHECK_S = 0.05
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
                "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
 
@@ -96,6 +100,7 @@ class _Request:
         self.t_start = time.monotonic()
         self.t_first: float | None = None
         self.t_last = self.t_start
+        self.next_cancel_check = self.t_start   # the first output checks
         self.closed = False
         self.counted = False   # in the finished-requests metrics
         self.prompt = prompt
@@ -126,7 +131,7 @@ class _Request:
                 raise
 
     def _reply(self, out: RequestOutput) -> None:
-        self._observe(out)
+        now = self._observe(out)
         if out.error is not None:   # failed, or refused after it was queued (error_kind says why)
             code = {ERROR_INVALID_REQUEST: pb_utils.TritonError.INVALID_ARG,
                     ERROR_UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE}.get(out.error_kind, pb_utils.TritonError.INTERNAL)
@@ -137,7 +142,7 @@ class _Request:
                                     pb_utils.TritonError.UNAVAILABLE),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
-        if not out.finished and self.sender.is_cancelled():
+        if not out.finished and now >= self.next_cancel_check and self._cancelled(now):
             self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             self._finish("cancelled", out)
@@ -156,7 +161,12 @@ class _Request:
             self.sender.send(self._response(text, out, out.num_output_tokens, self.logprobs),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _observe(self, out: RequestOutput) -> None:
+    def _cancelled(self, now: float) -> bool:
+        self.next_cancel_check = now + CANCEL_CHECK_S
+        return self.sender.is_cancelled()
+
+    def _observe(self, out: RequestOutput) -> float:
+        """Records the output's timing in the metrics; returns the time it was observed."""
         now = time.monotonic()
         if out.token_ids:
             if self.t_first is None:
@@ -166,6 +176,7 @@ class _Request:
             self.t_last = now
         if out.finished:
             self._finish("error" if out.error else (out.finish_reason or "error"), out)
+        return now
 
     def _finish(self, reason: str, out: RequestOutput) -> None:
         self.closed = True
