@@ -3,9 +3,12 @@ recomputes instead of failing, every stream gets exactly its solo text, nothing 
 waiting queue answers UNAVAILABLE; a request that could never fit is refused up front."""
 from __future__ import annotations
 
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from client import ClientError, GenerateRequest, stream_grpc
 from engine import EngineConfig, LLMEngine, SamplingParams
@@ -99,5 +102,40 @@ def test_long_prompts_in_attention_limited_chunks_keep_every_text(tmp_path_facto
         solo = {p: solo_engine.generate([p], params)[0].text for p in prompts}
         for prompt, text, n in greedy_streams(srv, prompts, OUTPUT_TOKENS):
             assert n == OUTPUT_TOKENS and text == solo[prompt], prompt[:40]
+    finally:
+        stop_server(srv)
+
+
+def test_cancelling_a_waiting_request_ends_it_while_another_runs(tmp_path_factory, tiny_model_dir):
+    """A request cancelled while it waits for a slot (it has no output yet) is ended at once: the
+    model's cancellation watcher asks Triton about every open request, not only those with an
+    output to send. Meanwhile the running stream goes on to its last token."""
+    tmp = tmp_path_factory.mktemp("cancel_waiting")
+    repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks="256", max_num_seqs="1",
+                                  engine_process="true")
+    srv = start_server(tmp, repo, tiny_model_dir)
+    try:
+        cancelled = 'vllm:request_success_total{finished_reason="cancelled"}'
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(lambda: list(stream_grpc(
+                srv.grpc_url, srv.model, GenerateRequest("the running one", max_tokens=1500, ignore_eos=True),
+                timeout=300)))
+            wait_for(lambda: running.done() or scrape(srv).get("vllm:num_requests_running", 0) == 1)
+            assert not running.done(), running.result()
+            responses: queue.Queue = queue.Queue()
+            client = grpcclient.InferenceServerClient(srv.grpc_url)
+            client.start_stream(callback=lambda result, error: responses.put((result, error)))
+            prompt = grpcclient.InferInput("text_input", [1], "BYTES")
+            prompt.set_data_from_numpy(np.array(["the waiting one"], dtype=np.object_))
+            client.async_stream_infer(srv.model, [prompt])
+            wait_for(lambda: scrape(srv).get("vllm:num_requests_waiting", 0) == 1)
+            client.stop_stream(cancel_requests=True)
+            client.close()
+            wait_for(lambda: scrape(srv).get(cancelled, 0) == 1 and scrape(srv)["vllm:num_requests_waiting"] == 0)
+            assert not running.done(), "the running stream should outlast the cancellation"
+            chunks = running.result(timeout=300)
+        assert sum(c.num_output_tokens for c in chunks) == 1500
+        got = [responses.get_nowait() for _ in range(responses.qsize())]
+        assert all(result is None for result, _ in got), got   # no token of the cancelled one
     finally:
         stop_server(srv)

@@ -34,10 +34,9 @@ from engine.remote import RemoteEngineLoop
 from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOutput
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-# How often a stream asks Triton whether its client cancelled: each ask is a round trip to the
-# server, as costly as a response send, so not at every output (a cancelled stream's blocks are
-# freed at most this much later).
-CANCEL_CHECK_S = 0.05
+# How often the cancellation watcher asks Triton about every open request (see
+# TritonPythonModel._watch_cancellations): a cancelled stream is stopped at most this much later.
+CANCEL_POLL_S = 0.1
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
                "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
 
@@ -92,15 +91,16 @@ class _Request:
     """One request's reply state; `on_output` runs on the engine loop's delivery thread."""
 
     def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int, metrics: LLMMetrics,
-                 inject_fault: bool = False):
+                 inject_fault: bool = False, on_close=None):
         self.sender = sender
+        self.on_close = on_close          # called once the request has its final response
+        self.cancelled = False            # set by the cancellation watcher
         self.inject_fault = inject_fault   # LLM_FAULT_INJECTION fail_response_with_prompt (tests only)
         self.num_responses = 0
         self.metrics = metrics
         self.t_start = time.monotonic()
         self.t_first: float | None = None
         self.t_last = self.t_start
-        self.next_cancel_check = self.t_start   # the first output checks
         self.closed = False
         self.counted = False   # in the finished-requests metrics
         self.prompt = prompt
@@ -131,22 +131,24 @@ class _Request:
                 raise
 
     def _reply(self, out: RequestOutput) -> None:
-        now = self._observe(out)
+        self._observe(out)
         if out.error is not None:   # failed, or refused after it was queued (error_kind says why)
             code = {ERROR_INVALID_REQUEST: pb_utils.TritonError.INVALID_ARG,
                     ERROR_UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE}.get(out.error_kind, pb_utils.TritonError.INTERNAL)
             self.sender.send(_error(out.error, code), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        if self.cancelled:   # the watcher has aborted it in the engine; this may be that final output
+            self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
+                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._finish("cancelled", out)
+            if not out.finished:
+                raise _Cancelled()  # drop the request's later outputs
             return
         if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
             self.sender.send(_error("request aborted: the model is being unloaded (server shutting down)",
                                     pb_utils.TritonError.UNAVAILABLE),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
-        if not out.finished and now >= self.next_cancel_check and self._cancelled(now):
-            self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            self._finish("cancelled", out)
-            raise _Cancelled()  # makes the loop abort the request and free its KV blocks
         if self.stream:
             self.sender.send(self._response(out.text, out, len(out.token_ids), out.logprobs),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0)
@@ -161,12 +163,7 @@ class _Request:
             self.sender.send(self._response(text, out, out.num_output_tokens, self.logprobs),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _cancelled(self, now: float) -> bool:
-        self.next_cancel_check = now + CANCEL_CHECK_S
-        return self.sender.is_cancelled()
-
-    def _observe(self, out: RequestOutput) -> float:
-        """Records the output's timing in the metrics; returns the time it was observed."""
+    def _observe(self, out: RequestOutput) -> None:
         now = time.monotonic()
         if out.token_ids:
             if self.t_first is None:
@@ -175,11 +172,13 @@ class _Request:
                 self.metrics.token_gap((now - self.t_last) / len(out.token_ids))
             self.t_last = now
         if out.finished:
-            self._finish("error" if out.error else (out.finish_reason or "error"), out)
-        return now
+            reason = "cancelled" if self.cancelled else ("error" if out.error else (out.finish_reason or "error"))
+            self._finish(reason, out)
 
     def _finish(self, reason: str, out: RequestOutput) -> None:
         self.closed = True
+        if self.on_close is not None:
+            self.on_close()
         if self.counted:
             return
         self.counted = True
@@ -247,6 +246,9 @@ class TritonPythonModel:
                                   args["model_instance_name"], engine_stats, healthy=lambda: self.loop.healthy)
         threading.Thread(target=self._watch_engine, args=(args["model_name"],), name="llm-engine-watch",
                          daemon=True).start()
+        self._open: dict[str, _Request] = {}   # request id -> reply state, until its final response
+        self._closing = False
+        threading.Thread(target=self._watch_cancellations, name="llm-cancel-watch", daemon=True).start()
         where = "its own process" if self.config.runs_in_own_process else "the stub process"
         pb_utils.Logger.log_info(
             f"llm: {self.config.model_dir} on {self.config.device} ({where}), {num_blocks} KV "
@@ -259,6 +261,20 @@ class TritonPythonModel:
             time.sleep(0.1)
         pb_utils.Logger.log_info(f"llm: server shutting down; finishing in-flight requests for up to {grace_s}s")
         self.loop.drain(grace_s)
+
+    def _watch_cancellations(self) -> None:
+        """Every CANCEL_POLL_S, ask Triton whether the client of each open request cancelled it, and
+        abort those in the engine (their KV blocks are freed; the next output sends the CANCELLED
+        response). Not on the threads that send responses: in the Python backend every
+        is_cancelled() is a round trip to the server through one stub thread that carries them all
+        one at a time, so asked at every output it cost the response threads as much as the sends
+        themselves (perf/results/2026-11-24-h100/served_host_path/)."""
+        while not self._closing:
+            time.sleep(CANCEL_POLL_S)
+            for request_id, state in list(self._open.items()):
+                if not state.closed and not state.cancelled and state.sender.is_cancelled():
+                    state.cancelled = True
+                    self.loop.abort(request_id)
 
     def _watch_engine(self, model_name: str, poll_s: float = 0.2) -> None:
         """After a fatal engine error every request in flight has its error and later ones are
@@ -312,8 +328,14 @@ class TritonPythonModel:
         if self._fault("fail_request_with_prompt", prompt):
             raise RuntimeError("injected fault (LLM_FAULT_INJECTION fail_request_with_prompt)")
         request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
-        state = _Request(sender, prompt, flags, 0, self.metrics, self._fault("fail_response_with_prompt", prompt))
-        state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
+        state = _Request(sender, prompt, flags, 0, self.metrics, self._fault("fail_response_with_prompt", prompt),
+                         on_close=lambda: self._open.pop(request_id, None))
+        self._open[request_id] = state   # before submit: its outputs may come at once
+        try:
+            state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
+        except BaseException:
+            self._open.pop(request_id, None)
+            raise
 
     def _fault(self, name: str, prompt: str) -> bool:
         marker = self.faults.get(name)
@@ -360,5 +382,6 @@ class TritonPythonModel:
         return bool(raw[0])
 
     def finalize(self):
+        self._closing = True
         self.loop.shutdown(timeout=30.0)
         self.metrics.close()
