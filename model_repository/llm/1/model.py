@@ -118,8 +118,6 @@ class _Request:
             return
         try:
             self._reply(out)
-        except _Cancelled:
-            raise
         except Exception as e:  # never leave the client waiting for a final response
             self.closed = True
             try:
@@ -140,9 +138,7 @@ class _Request:
         if self.cancelled:   # the watcher has aborted it in the engine; this may be that final output
             self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            self._finish("cancelled", out)
-            if not out.finished:
-                raise _Cancelled()  # drop the request's later outputs
+            self._finish("cancelled", out)   # closed: its later outputs (up to the abort) are dropped
             return
         if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
             self.sender.send(_error("request aborted: the model is being unloaded (server shutting down)",
@@ -206,10 +202,6 @@ class _Request:
         if f["return_num_output_tokens"]:
             tensors.append(pb_utils.Tensor("num_output_tokens", np.array([num_tokens], dtype=np.uint32)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class TritonPythonModel:
