@@ -164,6 +164,18 @@ class EngineLoop:
         self._wakeup.set()
         return len(ids)
 
+    def submit_many(self, requests: list[tuple[str, str | list[int], SamplingParams, OutputCallback]]
+                    ) -> list[int | Exception]:
+        """`submit` for each (request_id, prompt, params, on_output); each result is the prompt
+        length or the exception `submit` raised (RemoteEngineLoop sends such a batch as one message)."""
+        results: list[int | Exception] = []
+        for request in requests:
+            try:
+                results.append(self.submit(*request))
+            except (InvalidRequest, QueueFull, EngineDead) as e:
+                results.append(e)
+        return results
+
     def abort(self, request_id: str) -> None:
         """Stop a request (client cancelled); it gets a final output with finish_reason 'abort'
         at the start of the next engine step, and its KV blocks are freed."""

@@ -12,6 +12,7 @@ message, and the stub process only sends responses.
 Used by the Triton adapter when the config parameter engine_process is true (the default for GPU
 instances: EngineConfig.runs_in_own_process).
     n = loop.submit("r1", "Once upon a time", SamplingParams(), on_output)
+    results = loop.submit_many([("r2", "Hi", params, cb2), ("r3", "Bye", params, cb3)])  # lengths or errors
     loop.abort("r1"); loop.drain(20.0); loop.shutdown()
 
 `submit` tokenizes and validates here, with the limits the child reported when it came up, so it
@@ -156,26 +157,51 @@ class RemoteEngineLoop:
     # ----- the EngineLoop interface ---------------------------------------------------------------
     def submit(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                on_output: OutputCallback) -> int:
-        if not self.healthy:
-            raise EngineDead(self.fatal_error or "the engine is shutting down")
-        if self._draining:
-            raise EngineDead("the server is shutting down")
+        (result,) = self.submit_many([(request_id, prompt, params, on_output)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def submit_many(self, requests: list[tuple[str, str | list[int], SamplingParams, OutputCallback]]
+                    ) -> list[int | Exception]:
+        """Several submits at once: one tokenizer call, which runs without the GIL (and in
+        parallel), and one message to the child, so the stub's GIL is handed over a few times per
+        batch instead of per request. Each result is the request's prompt length, or the
+        exception `submit` would raise for it (then nothing was queued for it)."""
+        if not self.healthy or self._draining:
+            dead = EngineDead("the server is shutting down" if self._draining and self.healthy
+                              else self.fatal_error or "the engine is shutting down")
+            return [dead] * len(requests)
         # Here, not in the busy child: its GIL belongs to the engine.
-        ids = self._tokenizer.encode(prompt, add_special_tokens=True).ids if isinstance(prompt, str) else list(prompt)
-        check_request(ids, params, self.limits)
-        with self._lock:
-            if request_id in self._callbacks:
-                raise InvalidRequest("request_id", f"{request_id!r} is already running")
-            if len(self._unstarted) >= self.config.max_waiting_requests:
-                raise QueueFull(f"the waiting queue is full ({len(self._unstarted)} requests); retry later")
-            self._callbacks[request_id] = on_output   # before the child can answer with outputs
-            self._unstarted.add(request_id)
-        try:
-            self._send(("submit", request_id, ids, params))
-        except OSError as e:
-            self._forget(request_id)
-            raise EngineDead(f"engine process unreachable: {e}") from None
-        return len(ids)
+        texts = [prompt for _, prompt, _, _ in requests if isinstance(prompt, str)]
+        encoded = iter(self._tokenizer.encode_batch(texts, add_special_tokens=True) if texts else ())
+        results: list[int | Exception] = []
+        accepted = []
+        for request_id, prompt, params, on_output in requests:
+            ids = next(encoded).ids if isinstance(prompt, str) else list(prompt)
+            try:
+                check_request(ids, params, self.limits)
+                with self._lock:
+                    if request_id in self._callbacks:
+                        raise InvalidRequest("request_id", f"{request_id!r} is already running")
+                    if len(self._unstarted) >= self.config.max_waiting_requests:
+                        raise QueueFull(f"the waiting queue is full ({len(self._unstarted)} requests); retry later")
+                    self._callbacks[request_id] = on_output   # before the child can answer with outputs
+                    self._unstarted.add(request_id)
+            except (InvalidRequest, QueueFull) as e:
+                results.append(e)
+                continue
+            accepted.append((request_id, ids, params))
+            results.append(len(ids))
+        if accepted:
+            try:
+                self._send(("submit", accepted))
+            except OSError as e:
+                for request_id, _, _ in accepted:
+                    self._forget(request_id)
+                dead = EngineDead(f"engine process unreachable: {e}")
+                results = [dead if isinstance(r, int) else r for r in results]
+        return results
 
     def abort(self, request_id: str) -> None:
         self._send_quietly(("abort", request_id))
@@ -391,12 +417,12 @@ def _child_main() -> None:
             message = conn.recv()
             kind = message[0]
             if kind == "submit":   # checked by the parent already: normally nothing to answer
-                _, rid, prompt, params = message
-                try:
-                    loop.submit(rid, prompt, params, _REMOTE)
-                except Exception as e:
-                    message = str(e) if isinstance(e, (InvalidRequest, QueueFull, EngineDead)) else f"{type(e).__name__}: {e}"
-                    send(("refused", (rid, error_kind_of(e), message)))
+                for rid, prompt, params in message[1]:
+                    try:
+                        loop.submit(rid, prompt, params, _REMOTE)
+                    except Exception as e:
+                        text = str(e) if isinstance(e, (InvalidRequest, QueueFull, EngineDead)) else f"{type(e).__name__}: {e}"
+                        send(("refused", (rid, error_kind_of(e), text)))
             elif kind == "abort":
                 loop.abort(message[1])
             elif kind == "drain":

@@ -184,3 +184,53 @@ def test_numbers_as_strings_and_optional_outputs(server):
     assert r.as_numpy("finish_reason") is None
     assert r.as_numpy("cumulative_logprob") is None
     assert r.as_numpy("text_output")[0].decode().startswith("Once upon a time")
+
+
+def test_a_burst_of_good_and_bad_requests_is_admitted_together(server):
+    """Requests sent back to back reach the admission thread together and are submitted to the
+    engine as one batch (model.py: _admit). The bad ones in that batch (bad sampling JSON, a
+    max_tokens beyond the model's length) fail alone with an error naming the field; every good
+    one streams its solo text; the request ids say which response is whose."""
+    prompts = PROMPTS[:6]
+    solo = {p: "".join(c.text for c in stream_grpc(server.grpc_url, server.model, greedy(p, 12))) for p in prompts}
+    good_params = json.dumps({"max_tokens": 12, "temperature": 0, "ignore_eos": True}).encode()
+    bad = {"bad-json": (b"{max_tokens", "sampling_parameters"),
+           "too-long": (json.dumps({"max_tokens": 100_000}).encode(), "max_tokens")}
+    sends = []   # (request id, prompt, sampling JSON)
+    for i, prompt in enumerate(prompts):
+        sends.append((f"good-{i}", prompt, good_params))
+        if i in (1, 4):
+            rid = sorted(bad)[i == 4]
+            sends.append((rid, prompt, bad[rid][0]))
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for rid, prompt, params in sends:
+            tensors = []
+            for name, value in (("text_input", prompt.encode()), ("sampling_parameters", params), ("stream", True)):
+                t = grpcclient.InferInput(name, [1], "BOOL" if name == "stream" else "BYTES")
+                t.set_data_from_numpy(np.array([value], dtype=bool if name == "stream" else np.object_))
+                tensors.append(t)
+            client.async_stream_infer(server.model, tensors, request_id=rid)
+        texts = {rid: "" for rid, _, _ in sends if rid.startswith("good")}
+        errors: dict[str, str] = {}
+        finished: set[str] = set()
+        while len(finished) + len(errors) < len(sends):
+            result, error = results.get(timeout=120)
+            if error is not None:   # a failed request's final response (the stream's error has no id)
+                named = [r for r, (_, field) in bad.items() if field in str(error)]
+                assert len(named) == 1 and named[0] not in errors, str(error)
+                errors[named[0]] = str(error)   # (a stream's error carries no status code)
+                continue
+            response = result.get_response()
+            texts[response.id] += result.as_numpy("text_output")[0].decode()
+            if response.parameters["triton_final_response"].bool_param:
+                finished.add(response.id)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert finished == set(texts)
+    for i, prompt in enumerate(prompts):
+        assert texts[f"good-{i}"] == solo[prompt]
+    assert set(errors) == set(bad)   # each bad request failed once, naming its own field

@@ -305,3 +305,19 @@ def test_duplicate_request_id_fails_only_the_duplicate(gqa, engine_factory, loop
     first.wait(["same"])
     ref = engine_factory(gqa)
     assert first.result("same") == run_requests(ref, [PROMPTS[1]], greedy(30))[0]
+
+
+def test_submit_many_queues_each_request_or_returns_its_error(gqa, engine_factory, loops):
+    eng = engine_factory(gqa)
+    loop = loops(eng)
+    col = Collector()
+    results = loop.submit_many([("a", PROMPTS[0], greedy(8), col.callback("a")),
+                                ("long", PROMPTS[1], greedy(10_000), col.callback("long")),
+                                ("b", PROMPTS[2], greedy(8), col.callback("b"))])
+    assert results[0] == len(eng.tokenize(PROMPTS[0])) and results[2] == len(eng.tokenize(PROMPTS[2]))
+    assert isinstance(results[1], InvalidRequest) and results[1].field == "max_tokens"
+    col.wait(["a", "b"])
+    assert [col.result("a"), col.result("b")] == run_requests(engine_factory(gqa), [PROMPTS[0], PROMPTS[2]], greedy(8))
+    assert "long" not in col.outs   # refused up front: no output
+    loop.shutdown()
+    assert all(isinstance(r, EngineDead) for r in loop.submit_many([("c", PROMPTS[0], greedy(4), col.callback("c"))]))

@@ -244,3 +244,33 @@ def test_each_request_is_delivered_by_one_thread(gqa, remote):
     col.wait(ids)
     assert all(len(n) == 1 for n in names.values()), names
     assert len(set().union(*names.values())) == 3   # the three requests went to three threads
+
+
+def test_submit_many_is_one_message_and_refuses_only_the_bad_requests(gqa, remote, monkeypatch):
+    """The Triton adapter admits what queued up in one batch: one tokenizer call and one message to
+    the engine process; a bad request (too long, a duplicate id) gets its exception back and costs
+    the others nothing."""
+    loop = remote(gqa)
+    messages = []
+    send = loop._send
+    monkeypatch.setattr(loop, "_send", lambda message: (messages.append(message[0]), send(message)))
+    col = Collector()
+    ids = make_engine(gqa).tokenize(PROMPTS[3])
+    batch = [("a", PROMPTS[0], greedy(10), col.callback("a")),
+             ("long", PROMPTS[1], greedy(10_000), lambda out: None),
+             ("b", PROMPTS[2], greedy(10), col.callback("b")),
+             ("a", PROMPTS[1], greedy(10), lambda out: None),      # duplicate of the first
+             ("ids", ids, greedy(10), col.callback("ids"))]
+    results = loop.submit_many(batch)
+    assert messages == ["submit"]
+    engine = make_engine(gqa)
+    assert results[0] == len(engine.tokenize(PROMPTS[0])) and results[2] == len(engine.tokenize(PROMPTS[2]))
+    assert results[4] == len(ids)
+    assert isinstance(results[1], InvalidRequest) and results[1].field == "max_tokens"
+    assert isinstance(results[3], InvalidRequest) and "already running" in str(results[3])
+    col.wait(["a", "b", "ids"])
+    expected = run_requests(make_engine(gqa), [PROMPTS[0], PROMPTS[2], PROMPTS[3]], greedy(10))
+    assert [col.result(r) for r in ("a", "b", "ids")] == expected
+    wait_for(lambda: loop.num_in_flight == 0)
+    loop.shutdown(10.0)
+    assert all(isinstance(r, EngineDead) for r in loop.submit_many(batch[:2]))

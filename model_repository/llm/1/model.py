@@ -1,19 +1,21 @@
 """Triton Python-backend adapter: Triton requests in, engine outputs back as streamed responses.
 
 Thin on purpose. It (1) reads config.pbtxt parameters into an EngineConfig and starts one engine
-per model instance on the instance's device, (2) validates each request and hands it to the
-engine's background loop (execute() returns at once), and (3) turns engine outputs into Triton
-responses on the engine thread. The tensor interface is the one of Triton's vLLM backend, so
+per model instance on the instance's device, (2) queues the requests Triton hands to execute()
+(which returns at once) for an admission thread that validates them and submits them to the
+engine's background loop in batches, and (3) turns engine outputs into Triton responses on the
+loop's delivery thread. The tensor interface is the one of Triton's vLLM backend, so
 existing clients, perf_analyzer input files and `genai-perf --backend vllm` work unchanged.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +93,14 @@ class _Request:
     """One request's reply state; `on_output` runs on the engine loop's delivery thread."""
 
     def __init__(self, sender, prompt: str, flags: dict[str, bool], input_tokens: int, metrics: LLMMetrics,
-                 inject_fault: bool = False, on_close=None):
+                 inject_fault: bool = False, on_close=None, t_start: float | None = None):
         self.sender = sender
         self.on_close = on_close          # called once the request has its final response
         self.cancelled = False            # set by the cancellation watcher
         self.inject_fault = inject_fault   # LLM_FAULT_INJECTION fail_response_with_prompt (tests only)
         self.num_responses = 0
         self.metrics = metrics
-        self.t_start = time.monotonic()
+        self.t_start = time.monotonic() if t_start is None else t_start   # when execute() got it
         self.t_first: float | None = None
         self.t_last = self.t_start
         self.closed = False
@@ -160,6 +162,8 @@ class _Request:
                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _observe(self, out: RequestOutput) -> None:
+        if out.num_input_tokens:   # the engine's count; submit's may not be stored yet
+            self.num_input_tokens = out.num_input_tokens
         now = time.monotonic()
         if out.token_ids:
             if self.t_first is None:
@@ -240,6 +244,10 @@ class TritonPythonModel:
                          daemon=True).start()
         self._open: dict[str, _Request] = {}   # request id -> reply state, until its final response
         self._closing = False
+        self._request_numbers = itertools.count(1)
+        self._admissions: queue.SimpleQueue = queue.SimpleQueue()   # (arrival time, requests) from execute()
+        self._admitter = threading.Thread(target=self._admit_loop, name="llm-admission", daemon=True)
+        self._admitter.start()
         threading.Thread(target=self._watch_cancellations, name="llm-cancel-watch", daemon=True).start()
         where = "its own process" if self.config.runs_in_own_process else "the stub process"
         pb_utils.Logger.log_info(
@@ -291,25 +299,77 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"llm: could not unload {model_name!r}: {e}")
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._submit(request, sender)
-            except InvalidRequest as e:
-                sender.send(_error(str(e), pb_utils.TritonError.INVALID_ARG),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except QueueFull as e:
-                sender.send(_error(str(e), pb_utils.TritonError.UNAVAILABLE),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except EngineDead as e:
-                sender.send(_error(f"the engine has stopped: {e}", pb_utils.TritonError.UNAVAILABLE),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except Exception as e:  # a bug handling one request must not take the others down
-                sender.send(_error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        """Runs on the stub's main thread, and Triton hands this instance its next requests only
+        once it returns; so it only queues them for the admission thread. Handled here one by
+        one, a request kept execute() ~3 ms at high load (mostly waiting for the stub's GIL at
+        each hand-over: tokenizer, socket), and requests that clients sent together queued in
+        Triton for tens of ms (perf/results/2026-11-24-h100/served_host_path/)."""
+        self._admissions.put((time.monotonic(), requests))
         return None
 
-    def _submit(self, request, sender) -> None:
+    def _admit_loop(self) -> None:
+        """The admission thread: validates what execute() queued and submits it to the engine,
+        everything that queued up meanwhile in one batch (one tokenizer call, one message to the
+        engine process). Ends at the None that finalize() queues, after the requests before it."""
+        while True:
+            arrived = [self._admissions.get()]
+            while True:
+                try:
+                    arrived.append(self._admissions.get_nowait())
+                except queue.Empty:
+                    break
+            batch = []
+            for item in arrived:
+                if item is not None:
+                    arrived_at, requests = item
+                    batch.extend((arrived_at, request) for request in requests)
+            if batch:
+                self._admit(batch)
+            if None in arrived:
+                return
+
+    def _admit(self, batch) -> None:
+        ready = []   # (request_id, prompt, params, state)
+        for arrived_at, request in batch:
+            sender = request.get_response_sender()
+            try:
+                ready.append(self._prepare(request, sender, arrived_at))
+            except Exception as e:
+                self._refuse(sender, e)
+        if not ready:
+            return
+        for request_id, _, _, state in ready:
+            self._open[request_id] = state   # before submit: its outputs may come at once
+        try:
+            results = self.loop.submit_many([(rid, prompt, params, state.on_output)
+                                             for rid, prompt, params, state in ready])
+        except Exception as e:   # a bug: fail this batch, keep serving
+            results = [e] * len(ready)
+        for (request_id, _, _, state), result in zip(ready, results):
+            if isinstance(result, Exception):
+                self._open.pop(request_id, None)
+                self._refuse(state.sender, result)
+            else:
+                state.num_input_tokens = result
+
+    @staticmethod
+    def _refuse(sender, e: Exception) -> None:
+        """The final (error) response of a request that was never queued in the engine."""
+        if isinstance(e, InvalidRequest):
+            response = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+        elif isinstance(e, QueueFull):
+            response = _error(str(e), pb_utils.TritonError.UNAVAILABLE)
+        elif isinstance(e, EngineDead):
+            response = _error(f"the engine has stopped: {e}", pb_utils.TritonError.UNAVAILABLE)
+        else:   # a bug handling one request must not take the others down
+            response = _error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as send_error:   # the client is gone; nothing else to tell
+            pb_utils.Logger.log_warn(f"llm: could not send an error response: {send_error}")
+
+    def _prepare(self, request, sender, arrived_at: float):
+        """A request's inputs, validated; raises InvalidRequest naming the field."""
         prompt = self._prompt(request)
         flags = {name: self._bool(request, name) for name in BOOL_INPUTS}
         sp_tensor = pb_utils.get_input_tensor_by_name(request, "sampling_parameters")
@@ -319,15 +379,11 @@ class TritonPythonModel:
             params.logprobs = 0  # the chosen token's logprob only
         if self._fault("fail_request_with_prompt", prompt):
             raise RuntimeError("injected fault (LLM_FAULT_INJECTION fail_request_with_prompt)")
-        request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex}"
+        # Unique within this instance's engine; a counter, not uuid4 (os.urandom gives the GIL up).
+        request_id = f"{request.request_id() or 'req'}-{next(self._request_numbers)}"
         state = _Request(sender, prompt, flags, 0, self.metrics, self._fault("fail_response_with_prompt", prompt),
-                         on_close=lambda: self._open.pop(request_id, None))
-        self._open[request_id] = state   # before submit: its outputs may come at once
-        try:
-            state.num_input_tokens = self.loop.submit(request_id, prompt, params, state.on_output)
-        except BaseException:
-            self._open.pop(request_id, None)
-            raise
+                         on_close=lambda: self._open.pop(request_id, None), t_start=arrived_at)
+        return request_id, prompt, params, state
 
     def _fault(self, name: str, prompt: str) -> bool:
         marker = self.faults.get(name)
@@ -375,5 +431,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self._closing = True
+        self._admissions.put(None)   # what is queued still goes to the engine (and is aborted below)
+        self._admitter.join(30.0)
         self.loop.shutdown(timeout=30.0)
         self.metrics.close()
