@@ -86,3 +86,31 @@ def test_cancelled_stream_is_aborted_and_frees_blocks(server):
     # and the server still serves
     chunks = list(stream_grpc(server.grpc_url, server.model, GenerateRequest("still alive?", max_tokens=4)))
     assert sum(c.num_output_tokens for c in chunks) == 4
+
+
+def test_cancellation_checks_never_race_the_final_response(tmp_path_factory, tiny_model_dir, monkeypatch):
+    """After a request's final response Triton frees its response factory; the cancellation
+    watcher asking about that request then crashed the server (SIGSEGV in
+    TRITONBACKEND_ResponseFactoryIsCancelled, on the H100 at c128). Here the watcher asks without
+    pause while hundreds of short requests end: every request completes and the server stays up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import start_server, stop_server, write_model_repository
+
+    monkeypatch.setenv("LLM_CANCEL_POLL_S", "0")
+    tmp = tmp_path_factory.mktemp("cancel_race")
+    repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks="256", max_num_seqs="32",
+                                  max_model_len="256", engine_process="true")
+    srv = start_server(tmp, repo, tiny_model_dir)
+    try:
+        def run(i):
+            req = GenerateRequest(f"short request {i}", max_tokens=1 + i % 3, temperature=0.0, ignore_eos=True)
+            return sum(c.num_output_tokens for c in stream_grpc(srv.grpc_url, srv.model, req, timeout=120))
+
+        with ThreadPoolExecutor(32) as pool:
+            counts = list(pool.map(run, range(400)))
+        assert counts == [1 + i % 3 for i in range(400)]
+        assert srv.process.poll() is None, srv.log()[-3000:]
+        assert "Signal (11)" not in srv.log()
+    finally:
+        stop_server(srv)

@@ -38,7 +38,7 @@ from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOut
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # How often the cancellation watcher asks Triton about every open request (see
 # TritonPythonModel._watch_cancellations): a cancelled stream is stopped at most this much later.
-CANCEL_POLL_S = 0.1
+CANCEL_POLL_S = float(os.environ.get("LLM_CANCEL_POLL_S", "0.1"))
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
                "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
 
@@ -103,7 +103,8 @@ class _Request:
         self.t_start = time.monotonic() if t_start is None else t_start   # when execute() got it
         self.t_first: float | None = None
         self.t_last = self.t_start
-        self.closed = False
+        self.closed = False                # no more responses (the final one is sent or under way)
+        self._final_lock = threading.Lock()
         self.counted = False   # in the finished-requests metrics
         self.prompt = prompt
         self.flags = flags
@@ -111,6 +112,20 @@ class _Request:
         self.stream = flags["stream"]
         self.text_parts: list[str] = []   # non-streaming: everything, sent at the end
         self.logprobs: list[dict] = []
+
+    def send_final(self, response) -> None:
+        """The request's last response. Triton frees the request's response factory once it has
+        the final flag, and a cancellation check on it after that crashed the server (SIGSEGV in
+        TRITONBACKEND_ResponseFactoryIsCancelled, seen on the H100 at c128): so it is sent under
+        the lock that `cancelled_by_client` holds while it asks."""
+        with self._final_lock:
+            self.closed = True
+            self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def cancelled_by_client(self) -> bool:
+        """Whether the client cancelled it (a round trip to the server); False once it is closed."""
+        with self._final_lock:
+            return not self.closed and not self.cancelled and self.sender.is_cancelled()
 
     def on_output(self, out: RequestOutput) -> None:
         """Runs on the engine loop's delivery thread. Under load, one call may carry several
@@ -123,9 +138,8 @@ class _Request:
         except Exception as e:  # never leave the client waiting for a final response
             self.closed = True
             try:
-                self.sender.send(_error(f"internal error sending the response: {type(e).__name__}: {e}",
-                                        pb_utils.TritonError.INTERNAL),
-                                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                self.send_final(_error(f"internal error sending the response: {type(e).__name__}: {e}",
+                                       pb_utils.TritonError.INTERNAL))
             finally:
                 self._finish("error", out)   # was never counted (tests/reliability/test_faults.py)
                 raise
@@ -135,21 +149,22 @@ class _Request:
         if out.error is not None:   # failed, or refused after it was queued (error_kind says why)
             code = {ERROR_INVALID_REQUEST: pb_utils.TritonError.INVALID_ARG,
                     ERROR_UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE}.get(out.error_kind, pb_utils.TritonError.INTERNAL)
-            self.sender.send(_error(out.error, code), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.send_final(_error(out.error, code))
             return
         if self.cancelled:   # the watcher has aborted it in the engine; this may be that final output
-            self.sender.send(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.send_final(_error("request cancelled by the client", pb_utils.TritonError.CANCELLED))
             self._finish("cancelled", out)   # closed: its later outputs (up to the abort) are dropped
             return
         if out.finish_reason == "abort":  # the engine is shutting down (unload, server exit)
-            self.sender.send(_error("request aborted: the model is being unloaded (server shutting down)",
-                                    pb_utils.TritonError.UNAVAILABLE),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.send_final(_error("request aborted: the model is being unloaded (server shutting down)",
+                                   pb_utils.TritonError.UNAVAILABLE))
             return
         if self.stream:
-            self.sender.send(self._response(out.text, out, len(out.token_ids), out.logprobs),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0)
+            response = self._response(out.text, out, len(out.token_ids), out.logprobs)
+            if out.finished:
+                self.send_final(response)
+            else:
+                self.sender.send(response)
             return
         self.text_parts.append(out.text)
         if out.logprobs:
@@ -158,8 +173,7 @@ class _Request:
             text = "".join(self.text_parts)
             if not self.flags["exclude_input_in_output"]:
                 text = self.prompt + text
-            self.sender.send(self._response(text, out, out.num_output_tokens, self.logprobs),
-                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.send_final(self._response(text, out, out.num_output_tokens, self.logprobs))
 
     def _observe(self, out: RequestOutput) -> None:
         if out.num_input_tokens:   # the engine's count; submit's may not be stored yet
@@ -272,7 +286,7 @@ class TritonPythonModel:
         while not self._closing:
             time.sleep(CANCEL_POLL_S)
             for request_id, state in list(self._open.items()):
-                if not state.closed and not state.cancelled and state.sender.is_cancelled():
+                if state.cancelled_by_client():
                     state.cancelled = True
                     self.loop.abort(request_id)
 
@@ -334,8 +348,8 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 ready.append(self._prepare(request, sender, arrived_at))
-            except Exception as e:
-                self._refuse(sender, e)
+            except Exception as e:   # never registered: no cancellation check can race this send
+                self._refuse(lambda response: sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL), e)
         if not ready:
             return
         for request_id, _, _, state in ready:
@@ -348,13 +362,13 @@ class TritonPythonModel:
         for (request_id, _, _, state), result in zip(ready, results):
             if isinstance(result, Exception):
                 self._open.pop(request_id, None)
-                self._refuse(state.sender, result)
+                self._refuse(state.send_final, result)
             else:
                 state.num_input_tokens = result
 
     @staticmethod
-    def _refuse(sender, e: Exception) -> None:
-        """The final (error) response of a request that was never queued in the engine."""
+    def _refuse(send_final, e: Exception) -> None:
+        """Send the final (error) response of a request that was never queued in the engine."""
         if isinstance(e, InvalidRequest):
             response = _error(str(e), pb_utils.TritonError.INVALID_ARG)
         elif isinstance(e, QueueFull):
@@ -364,7 +378,7 @@ class TritonPythonModel:
         else:   # a bug handling one request must not take the others down
             response = _error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
         try:
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            send_final(response)
         except Exception as send_error:   # the client is gone; nothing else to tell
             pb_utils.Logger.log_warn(f"llm: could not send an error response: {send_error}")
 
