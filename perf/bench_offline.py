@@ -13,6 +13,8 @@ Prompts are random token ids, BOS first, exactly `input` tokens.
 
 On CUDA it also measures device-to-device copy bandwidth (perf/bench_engine.py's method) and the
 weight bytes, which give the batch-1 decode roofline: copy_bw / weight_bytes tokens/s.
+With --arrival-spread-ms the requests of a point arrive evenly over that time (how a burst of
+clients reaches the served engine, one Triton execute() after another), TTFT from each arrival.
 Points are skipped (and listed) once --budget seconds have passed. Writes one JSON:
 {"kind": "offline", "device", "command", "git_commit", "date", "points": [...], "metrics": {flat}}.
 """
@@ -63,7 +65,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_point(engine, tag: str, concurrency: int, input_len: int, output_len: int, seed: int = 0) -> dict:
+def run_point(engine, tag: str, concurrency: int, input_len: int, output_len: int, seed: int = 0,
+              arrival_spread_s: float = 0.0) -> dict:
+    """arrival_spread_s > 0: the requests arrive evenly spaced over that time instead of at once
+    (as a burst of clients reaches a served engine one execute() at a time); TTFT counts from
+    each request's own arrival."""
     from engine import SamplingParams
     device = engine.config.device
     params = SamplingParams(max_tokens=output_len, min_tokens=output_len, temperature=0.0, ignore_eos=True)
@@ -76,16 +82,23 @@ def run_point(engine, tag: str, concurrency: int, input_len: int, output_len: in
         if bos is not None:
             ids[0] = bos
         prompts.append(ids)
+    arrivals = [i * arrival_spread_s / max(1, concurrency - 1) for i in range(concurrency)]
     _sync(device)
     t0 = time.perf_counter()
-    for i, ids in enumerate(prompts):
-        engine.add_request(f"{tag}-{i}", ids, params)
+    added = 0
     first: dict[str, float] = {}
     produced = 0
     t_all_prefilled = None
     tokens_at_prefilled = 0
     steps = 0
-    while engine.has_unfinished():
+    while added < concurrency or engine.has_unfinished():
+        now = time.perf_counter() - t0
+        while added < concurrency and arrivals[added] <= now:
+            engine.add_request(f"{tag}-{added}", prompts[added], params)
+            added += 1
+        if not engine.has_unfinished():
+            time.sleep(max(0.0, arrivals[added] - (time.perf_counter() - t0)))
+            continue
         outs = engine.step()
         steps += 1
         now = time.perf_counter()
@@ -93,7 +106,7 @@ def run_point(engine, tag: str, concurrency: int, input_len: int, output_len: in
             n = len(o.token_ids)
             produced += n
             if n and o.request_id not in first:
-                first[o.request_id] = now - t0
+                first[o.request_id] = now - t0 - arrivals[int(o.request_id.rsplit("-", 1)[1])]
         if t_all_prefilled is None and len(first) == concurrency:
             t_all_prefilled, tokens_at_prefilled = now, produced
     _sync(device)
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-cache-memory-fraction", type=float, default=0.90)
     ap.add_argument("--budget", type=float, default=150.0, help="seconds for all points; later ones are skipped")
     ap.add_argument("--no-copy-bandwidth", action="store_true")
+    ap.add_argument("--arrival-spread-ms", type=float, default=0.0,
+                    help="requests arrive evenly over this time instead of at once (diagnostic)")
     ap.add_argument("--out", required=True)
     add_threads_arg(ap)
     args = ap.parse_args(argv)
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             if c * (i + o) > engine.kv_capacity_tokens:
                 print(f"note: {i}x{o} at c{c} needs {c * (i + o)} KV tokens > {engine.kv_capacity_tokens}: "
                       "requests will queue/preempt", flush=True)
-            p = run_point(engine, f"in{i}-out{o}-c{c}", c, i, o)
+            p = run_point(engine, f"in{i}-out{o}-c{c}", c, i, o, arrival_spread_s=args.arrival_spread_ms / 1000)
             points.append(p)
             print(f"offline in{i:5d} out{o:4d} c{c:4d}: {p['output_tokps']:10.1f} tok/s "
                   f"(decode {p['decode_tokps'] or 0:10.1f}) ttft p50 {p['ttft_ms_p50']:8.1f} ms "
