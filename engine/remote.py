@@ -24,7 +24,7 @@ the child checks its own queue again, and a request it refuses after all gets a 
 whose `error_kind` says why. If the child dies, every request in flight gets an error output and
 `healthy` turns False, as after a fatal step in EngineLoop.
 
-The stub side sends responses from `response_threads` delivery threads (default 1), each owning
+The stub side sends responses from `response_threads` delivery threads (default 4), each owning
 the requests whose id hashes to it (so each request's responses stay in order).
 
 Outputs cross the socket column by column (`encode_outputs`): one list per field, which pickles
@@ -340,8 +340,8 @@ def shard_index(request_id: str, num_shards: int) -> int:
 class _DeliveryShard:
     """One delivery thread and the outputs waiting for it. Triton's Python backend answers each
     response send from a pool of threads in the server process, and the sending thread waits for
-    that answer without the GIL, so sends from several threads overlap; but the threads then wait
-    for the GIL behind each other and the stub's main thread, and one thread measured fastest."""
+    that answer without the GIL, so sends from several threads overlap (they still take turns at the
+    GIL; EngineConfig.response_threads says what was measured)."""
 
     def __init__(self, index: int, run: Callable[["_DeliveryShard"], None]):
         self.thread = threading.Thread(target=run, args=(self,), name=f"llm-remote-delivery-{index}", daemon=True)
