@@ -9,6 +9,7 @@ existing clients, perf_analyzer input files and `genai-perf --backend vllm` work
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -337,8 +338,11 @@ class TritonPythonModel:
                 if item is not None:
                     arrived_at, requests = item
                     batch.extend((arrived_at, request) for request in requests)
-            if batch:
-                self._admit(batch)
+            try:
+                if batch:
+                    self._admit(batch)
+            except Exception as e:   # a bug here must not stop admission for everyone after
+                pb_utils.Logger.log_error(f"llm: admitting {len(batch)} requests failed: {type(e).__name__}: {e}")
             if None in arrived:
                 return
 
@@ -349,7 +353,7 @@ class TritonPythonModel:
             try:
                 ready.append(self._prepare(request, sender, arrived_at))
             except Exception as e:   # never registered: no cancellation check can race this send
-                self._refuse(lambda response: sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL), e)
+                self._refuse(functools.partial(sender.send, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL), e)
         if not ready:
             return
         for request_id, _, _, state in ready:
