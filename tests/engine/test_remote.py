@@ -274,3 +274,17 @@ def test_submit_many_is_one_message_and_refuses_only_the_bad_requests(gqa, remot
     wait_for(lambda: loop.num_in_flight == 0)
     loop.shutdown(10.0)
     assert all(isinstance(r, EngineDead) for r in loop.submit_many(batch[:2]))
+
+
+def test_a_round_sends_final_outputs_first_then_first_tokens():
+    from engine.remote import in_delivery_order
+    from engine.sequence import RequestOutput
+
+    def out(rid, new_tokens, total, finished=False):
+        return RequestOutput(rid, "x" * new_tokens, list(range(new_tokens)), finished,
+                             "length" if finished else None, 4, total)
+
+    round_ = [out("streaming-a", 2, 10), out("new-b", 1, 1), out("done-c", 1, 12, finished=True),
+              out("streaming-d", 3, 7), out("new-e", 2, 2), out("done-f", 2, 2, finished=True)]
+    assert [o.request_id for o in in_delivery_order(round_)] == \
+        ["done-c", "done-f", "new-b", "new-e", "streaming-a", "streaming-d"]
