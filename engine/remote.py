@@ -168,10 +168,10 @@ class RemoteEngineLoop:
         parallel), and one message to the child, so the stub's GIL is handed over a few times per
         batch instead of per request. Each result is the request's prompt length, or the
         exception `submit` would raise for it (then nothing was queued for it)."""
-        if not self.healthy or self._draining:
-            dead = EngineDead("the server is shutting down" if self._draining and self.healthy
-                              else self.fatal_error or "the engine is shutting down")
-            return [dead] * len(requests)
+        if not self.healthy:
+            return [EngineDead(self.fatal_error or "the engine is shutting down")] * len(requests)
+        if self._draining:
+            return [EngineDead("the server is shutting down")] * len(requests)
         # Here, not in the busy child: its GIL belongs to the engine.
         texts = [prompt for _, prompt, _, _ in requests if isinstance(prompt, str)]
         encoded = iter(self._tokenizer.encode_batch(texts, add_special_tokens=True) if texts else ())

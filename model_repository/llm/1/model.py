@@ -137,7 +137,6 @@ class _Request:
         try:
             self._reply(out)
         except Exception as e:  # never leave the client waiting for a final response
-            self.closed = True
             try:
                 self.send_final(_error(f"internal error sending the response: {type(e).__name__}: {e}",
                                        pb_utils.TritonError.INTERNAL))
