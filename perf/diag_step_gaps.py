@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--out", default="perf/results/latest")
     ap.add_argument("--tag", default="bs1")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--interior", action="store_true",
+                    help="also list one step's kernels inside the graph and sum them by name")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -48,7 +50,8 @@ def main() -> None:
                     key=lambda e: e.time_range.start)
     # Every step runs the sampler's chunk kernel once, outside the graph: it delimits the steps.
     marks = [i for i, e in enumerate(events) if "_chunk_kernel" in e.name]
-    per_step, around = [], {}
+    per_step, around, inside = [], {}, {}
+    interior: list[str] = []
     timeline: list[str] = []
     for n, (a, b) in enumerate(zip(marks, marks[1:])):
         window = events[a:b]
@@ -67,6 +70,18 @@ def main() -> None:
             end = max(end, f_)
         per_step.append({"period_us": events[b].time_range.start - t0, "graph_span_us": g1 - g0,
                          "outside_graph_busy_us": busy_outside, "idle_us": idle})
+        if in_graph:
+            prev_end = window[in_graph[0]].time_range.start
+            for i in range(in_graph[0], in_graph[-1] + 1):
+                e = window[i]
+                s_, f_ = e.time_range.start, e.time_range.end
+                rec = inside.setdefault(e.name[:60], {"count": 0, "busy_us": 0.0, "gap_before_us": 0.0})
+                rec["count"] += 1
+                rec["busy_us"] += f_ - s_
+                rec["gap_before_us"] += max(0.0, s_ - prev_end)
+                if n == 1 and args.interior:
+                    interior.append(f"{s_ - g0:9.1f} {f_ - s_:7.2f} {max(0.0, s_ - prev_end):6.2f}  {e.name[:60]}")
+                prev_end = max(prev_end, f_)
         if n < 2:
             timeline += [f"{e.time_range.start - t0:9.1f} {e.time_range.end - e.time_range.start:7.2f}  {e.name[:70]}"
                          for i, e in enumerate(window)
@@ -78,15 +93,24 @@ def main() -> None:
         print(f"  outside the graph: {v:7.2f} us  x{len(around[k]) / len(per_step):.1f}/step  {k}")
     print("two steps, graph interior left out (start us, duration us, name):")
     print("\n".join(timeline))
+    steps = max(1, len(per_step))
+    inside_per_step = {k: {f: v / steps for f, v in r.items()} for k, r in inside.items()}
+    if args.interior:
+        print("one step inside the graph (start us, duration us, gap before us, name):")
+        print("\n".join(interior))
+        print("inside the graph, per step (kernels, busy us, gaps before them us):")
+        for k, r in sorted(inside_per_step.items(), key=lambda kv: -kv[1]["busy_us"]):
+            print(f"  {r['count']:6.1f} {r['busy_us']:8.1f} {r['gap_before_us']:7.1f}  {k}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"step_gaps_{args.tag}.json").write_text(json.dumps({
         "device": torch.cuda.get_device_name(), "command": " ".join(["python3"] + sys.argv),
         "git_commit": git_commit(), "metrics": med, "outside_graph_us": around_med,
+        "inside_graph_per_step": inside_per_step,
         "timeline": timeline}, indent=2))
 
 
-GRAPH_KERNELS = ("_small_linear_kernel", "_paged_attention_kernel", "_merge_splits_kernel",
+GRAPH_KERNELS = ("_small_linear_kernel", "_paged_attention_kernel",
                  "_reduce_splits_kernel", "_rms_norm_kernel", "_rope", "gemv", "gemm", "embedding")
 
 
