@@ -35,6 +35,9 @@ else
 fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/gpu.txt" 2>/dev/null || true
+# The served path is host-bound (the Python backend's stub), and machines of one GPU kind differ by
+# 10-30% in it: keep the host's CPU with every run.
+{ lscpu 2>/dev/null || cat /proc/cpuinfo; } > "$OUT/cpu.txt"
 echo "== python3: $(command -v python3) ; out: $OUT ; setup took $((SECONDS - T_START))s"
 # The device tool stops a command at 10 minutes: keep a hard stop below that.
 timeout --signal=TERM --kill-after=15 $((DEADLINE + 45)) \
