@@ -1,13 +1,16 @@
 """Where does a batch-1 decode step spend the time its CUDA graph does not? (GPU only; a
 diagnostic, not a benchmark.)
 
-    python3 perf/diag_step_gaps.py --model-dir DIR --out DIR [--tag NAME]
+    python3 perf/diag_step_gaps.py --model-dir DIR --out DIR [--tag NAME] [--interior]
 
 Runs a batch-1 greedy decode under torch.profiler (CUDA activity only) and lays the GPU's
 activities of each step on one timeline: the graph's kernels, the work around the graph (input
 copies, sampling kernels, the token copy back) and the idle gaps between them. Prints, and writes
 to DIR/step_gaps_<tag>.json, per-step medians: step period, graph span, time in kernels outside
 the graph, time in copies, idle time, and the median duration of each activity outside the graph.
+The JSON also sums the kernels inside the graph by name (count, busy time, gaps before them, per
+step); --interior prints those sums and one step's kernels inside the graph in order (with PDL a
+kernel starts before its predecessor ends, so read a layer's cost from the start times).
 """
 from __future__ import annotations
 
@@ -110,7 +113,7 @@ def main() -> None:
         "timeline": timeline}, indent=2))
 
 
-GRAPH_KERNELS = ("_small_linear_kernel", "_paged_attention_kernel",
+GRAPH_KERNELS = ("_small_linear_kernel", "_paged_attention_kernel", "_merge_splits_kernel",
                  "_reduce_splits_kernel", "_rms_norm_kernel", "_rope", "gemv", "gemm", "embedding")
 
 
