@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from .pdl import pdl_enabled, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["silu_and_mul"]
 
@@ -20,6 +20,7 @@ __all__ = ["silu_and_mul"]
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, inter, stride_x, stride_o,
                          BLOCK: tl.constexpr, PDL: tl.constexpr):
+    let_next_launch(PDL)
     wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -42,6 +43,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         block = min(1024, triton.next_power_of_2(inter))
         grid = (x2.shape[0], triton.cdiv(inter, block))
         _silu_and_mul_kernel[grid](x2, out, inter, x2.stride(0), out.stride(0),
-                                   BLOCK=block, PDL=(pdl := pdl_enabled(x.device)), num_warps=4,
-                                   launch_pdl=pdl)
+                                   BLOCK=block, PDL=(pdl := pdl_mode(x.device)), num_warps=4,
+                                   launch_pdl=pdl > 0)
     return out.view(*x.shape[:-1], inter)

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from ._alloc import new_output
 from .heuristics import choose_num_splits, choose_prefill_splits
-from .pdl import pdl_enabled, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
 
@@ -89,13 +89,15 @@ def default_config(max_seqlen_q: int, group_pad: int, head_dim: int,
                           block_n=16, num_warps=4, num_stages=1)
     small_tiles = dtype == torch.float32 or head_dim > 128  # register / smem budget
     if rows <= 16 and num_splits > 1 and not small_tiles:
-        # Split decode (small batch): each program's share is short and the
-        # launch is latency bound.  H100 B=1 x 4096, 32 splits of 128 tokens:
-        # n64/w4/s1 0.89 TB/s, n64/w4/s2 0.82, n128/w4/s3 0.79.  Pipelining
-        # only helps once a split spans several tiles.
-        tiles_per_split = -(-max(1, max_context_len) // (num_splits * 64))
-        return AttnConfig(block_m=max(16, group_pad), block_n=64, num_warps=4,
-                          num_stages=1 if tiles_per_split <= 2 else 2)
+        # Split decode (small batch): each program's share is short and its time a chain of
+        # round trips, so a share of up to 256 tokens takes one or two 128-token tiles, the
+        # first read before the PDL wait. H100, B=1 x 4096 in a graph of 16 calls: 32 splits
+        # n128/w4/s1 1.68 TB/s vs n64/w4/s1 1.43, n64/w4/s2 1.29; 16 splits n128 1.34 vs n64
+        # 1.24 (perf/results/2026-11-24-h100/early_pdl/).
+        tokens_per_split = -(-max(1, max_context_len) // num_splits)
+        if tokens_per_split <= 256:
+            return AttnConfig(block_m=max(16, group_pad), block_n=128, num_warps=4, num_stages=1)
+        return AttnConfig(block_m=max(16, group_pad), block_n=64, num_warps=4, num_stages=2)
     if rows <= 16:
         # Decode: 16 rows (the tl.dot minimum), long KV tiles to keep many
         # bytes in flight.  H100 sweep, B=64 x 4096, GQA 32/8, D=128 bf16:
@@ -173,6 +175,39 @@ def _attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr,
 
 
 @triton.jit
+def _load_old_kv_tile(k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head, start, valid,
+                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                      PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K and V of positions [start, start + BLOCK_N) (zeros where `valid` is false), for a tile
+    read before the PDL wait: only positions cached by earlier steps may be read there."""
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    ok = (cols >= 0) & valid
+    page = tl.load(bt_row_ptr + cols // PAGE_SIZE, mask=ok, other=0).to(tl.int64)
+    in_page = cols % PAGE_SIZE
+    k = tl.load(k_cache_ptr + page[:, None] * stride_kb
+                + (in_page * stride_ks + kv_head * stride_kh)[:, None] + dims[None, :],
+                mask=ok[:, None], other=0.0)
+    v = tl.load(v_cache_ptr + page[:, None] * stride_vb
+                + (in_page * stride_vs + kv_head * stride_vh)[:, None] + dims[None, :],
+                mask=ok[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def _attend_loaded_tile(acc, m_i, l_i, q, k, v, qk_scale, DOT_PRECISION: tl.constexpr):
+    """The unmasked online-softmax step of _attend_kv_tile on a K/V tile already loaded."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     cu_seqlens_q_ptr, tile_seqs_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -187,7 +222,9 @@ def _paged_attention_kernel(
     SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
     SHORT_Q: tl.constexpr,
 ):
-    wait_for_previous(PDL)
+    # Until the PDL wait below, only the step's index inputs (written by torch ops, see pdl.py)
+    # and KV positions cached by earlier steps are read; q, this step's K/V and the outputs wait.
+    let_next_launch(PDL)
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     kv_head = tl.program_id(1) // num_splits
     split = tl.program_id(1) % num_splits
@@ -251,16 +288,33 @@ def _paged_attention_kernel(
     dims = tl.arange(0, HEAD_DIM)
     token_idx = (q_begin + tok).to(tl.int64)
 
+    bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    # A split decode program has a tile or two of work, so its time is a chain of round trips
+    # (block table, K, V): it reads its first tile while the kernels before it still run, when
+    # that tile is unmasked and holds only tokens cached by earlier steps (< ctx - qlen).
+    PREFETCH: tl.constexpr = SPLIT and not FLAT
+    first_end = lo + BLOCK_N
+    prefetched = (first_end <= tl.minimum(hi, full_end)) & (first_end <= ctx - qlen)
+    if PREFETCH:
+        k0, v0 = _load_old_kv_tile(k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head, lo, prefetched,
+                                   stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                   PAGE_SIZE, HEAD_DIM, BLOCK_N)
+    wait_for_previous(PDL)
+
     q_ptrs = q_ptr + token_idx[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    bulk_start = lo
+    if PREFETCH:
+        if prefetched:
+            acc, m_i, l_i = _attend_loaded_tile(acc, m_i, l_i, q, k0, v0, qk_scale, DOT_PRECISION)
+            bulk_start = first_end
 
     # Bulk of the context: no masks at all.
-    for start in range(lo, tl.minimum(hi, full_end), BLOCK_N):
+    for start in range(bulk_start, tl.minimum(hi, full_end), BLOCK_N):
         acc, m_i, l_i = _attend_kv_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
             start, kv_end, row_pos, qk_scale,
@@ -299,6 +353,7 @@ def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
                          NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                          SPLITS_PAD: tl.constexpr, PDL: tl.constexpr):
     """out[t, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s."""
+    let_next_launch(PDL)
     wait_for_previous(PDL)
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -430,7 +485,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     else:  # unused by the kernel; any valid pointer will do
         part_m = part_l = part_acc = out
 
-    pdl = pdl_enabled(q.device)
+    pdl = pdl_mode(q.device, signal_at_start=True)   # the next call reads its KV early (pdl.py)
 
     def launch(grid_flat: bool, cfg: AttnConfig, tile_q: int, short_q: int) -> None:
         grid = (num_q_tiles, num_kv_heads * num_splits, 1) if grid_flat else (1, num_kv_heads * num_splits, num_seqs)
@@ -447,7 +502,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             BLOCK_Q=tile_q, BLOCK_N=cfg.block_n,
             SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             FLAT=grid_flat, PDL=pdl, SHORT_Q=short_q,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl > 0,
         )
 
     if flat and num_seqs > 1:
@@ -465,7 +520,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
             SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)), PDL=pdl,
-            num_warps=4 if head_dim >= 128 else 2, launch_pdl=pdl,
+            num_warps=4 if head_dim >= 128 else 2, launch_pdl=pdl > 0,
         )
     return out
 

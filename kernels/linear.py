@@ -28,7 +28,7 @@ from . import reference
 from ._alloc import new_output
 from .activation import silu_and_mul
 from .heuristics import num_sms
-from .pdl import pdl_enabled, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M"]
 
@@ -50,6 +50,7 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          SPLIT: tl.constexpr, GATED: tl.constexpr, DOT_PRECISION: tl.constexpr,
                          PDL: tl.constexpr):
+    let_next_launch(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -61,7 +62,7 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
     u_rows = w_rows + gate_offset * stride_wn
     # The first weight tile is read before waiting for the previous kernel: nothing in a step
-    # writes weights, so this read overlaps that kernel's tail (PDL, see pdl.py).
+    # writes weights, so this read overlaps the kernels still running (PDL, see pdl.py).
     offs_k = k_start + tl.arange(0, BLOCK_K)
     w = tl.load(w_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
     if GATED:
@@ -99,6 +100,7 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
 def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
                           SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr,
                           PDL: tl.constexpr):
+    let_next_launch(PDL)
     wait_for_previous(PDL)
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -149,13 +151,13 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
                                BLOCK_M=MAX_SMALL_M, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                                SPLIT=split > 1, GATED=gated,
                                DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                               PDL=(pdl := pdl_enabled(x.device)), launch_pdl=pdl,
+                               PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
                                num_warps=config.num_warps, num_stages=config.num_stages)
     if split > 1:
         block = min(1024, triton.next_power_of_2(N))
         _reduce_splits_kernel[(M, triton.cdiv(N, block))](part, out, M, N, out.stride(0),
                                                            SPLIT_K=split, BLOCK=block, GATED=gated,
-                                                           PDL=pdl, launch_pdl=pdl, num_warps=4)
+                                                           PDL=pdl, launch_pdl=pdl > 0, num_warps=4)
     return out
 
 

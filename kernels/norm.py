@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from .pdl import pdl_enabled, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["rms_norm", "fused_add_rms_norm"]
 
@@ -22,10 +22,12 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
                      hidden, eps,
                      stride_x, stride_r, stride_o, stride_ro,
                      BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
-    wait_for_previous(PDL)
+    let_next_launch(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < hidden
+    w = tl.load(weight_ptr + cols, mask=mask, other=0.0)   # a weight: safe before the wait
+    wait_for_previous(PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         # Add in the input dtype (rounded like torch's x + residual) before
@@ -38,8 +40,7 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
     rstd = 1.0 / tl.sqrt(variance + eps)
     # HF Llama: cast the normalised row to the input dtype, then scale.
     normed = (xf * rstd).to(x.dtype)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(x.dtype)
-    tl.store(out_ptr + row * stride_o + cols, normed * w, mask=mask)
+    tl.store(out_ptr + row * stride_o + cols, normed * w.to(x.dtype), mask=mask)
 
 
 def _launch_params(hidden: int, elem_size: int):
@@ -73,8 +74,8 @@ def _launch(x, residual, weight, eps):
         _rms_norm_kernel[(rows,)](
             x2, r2, weight, out, r_out, hidden, float(eps),
             x2.stride(0), r2.stride(0), out.stride(0), r_out.stride(0),
-            BLOCK_H=block_h, HAS_RESIDUAL=residual is not None, PDL=(pdl := pdl_enabled(x.device)),
-            num_warps=num_warps, launch_pdl=pdl)
+            BLOCK_H=block_h, HAS_RESIDUAL=residual is not None, PDL=(pdl := pdl_mode(x.device)),
+            num_warps=num_warps, launch_pdl=pdl > 0)
     out = out.view(x.shape)
     return out, (r_out.view(x.shape) if residual is not None else None)
 

@@ -1,18 +1,31 @@
-"""Programmatic dependent launch (PDL): let a kernel start while the one before it finishes.
+"""Programmatic dependent launch (PDL): let a kernel start while the ones before it run.
 
 In a batch-1 decode step the GPU runs ~150 small kernels back to back, and each boundary costs a
 few microseconds of launch, ramp-up and tail in which HBM sits idle (perf/bench_small_linear.py:
 a 1B model's 8 MB projections take 6.6 us to read 2.8 us worth of bytes). On Hopper a kernel
-launched with PDL may begin once every program of the previous kernel has signalled
-`griddepcontrol.launch_dependents`; it must execute `griddepcontrol.wait` before touching anything
-the previous kernel writes. Our kernels do exactly that at their start (`wait_for_previous`), and
-the linear layers first issue the loads of their weights, which nothing in the step writes, so
-those reads overlap the previous kernel's tail.
+launched with PDL may begin once every program of the kernel before it has executed
+`griddepcontrol.launch_dependents` (or exited); `griddepcontrol.wait` then blocks until that kernel
+has completed and its writes are visible.
 
-Every PDL kernel waits before its first dependent read or any write, in every program: that keeps
-the chain transitive (a kernel that completes has seen its predecessor complete), so reading a
-buffer written two kernels earlier is safe too. CUDA graph capture records the launches as
-programmatic edges. LLM_PDL=0 (read once per process) turns it off.
+A kernel signals either right after its wait (at most two kernels in flight: the next one starts
+when this one's predecessor has finished) or, where the next kernel has useful reads to issue
+early, at its very start (`let_next_launch`): the split decode attention reads its first KV tile
+while the RoPE kernel before it runs, and the next call's tiles while the merge runs. Signalling
+at the start everywhere was slower (batch-1 1B step 1.22 vs 1.13 ms in the graph, perf/results/
+2026-11-24-h100/early_pdl/): cascades of waiting projections compete with the running one.
+
+Each program first reads what no kernel of the step writes (the weights, the step's index inputs,
+the KV cache of earlier steps' tokens), then waits (`wait_for_previous`) before its first read of a
+buffer a recent kernel wrote and before any write. A kernel completes only after its own wait
+returned, so the kernel before it completed too: the chain is transitive, and everything after the
+wait may read anything written earlier in the step. The reads before the wait must never touch a
+buffer one of our kernels writes in the same step, as several kernels may be before their wait.
+The step's index inputs (positions, slots, context lengths, block tables) are written by torch
+copies and casts, which are launched without PDL and so complete before any later kernel starts.
+CUDA graph capture records the launches as programmatic edges.
+
+LLM_PDL (read once per process): 0 off; 1 every kernel signals after its wait; 2 every kernel
+signals at its start; unset: as described above.
 """
 
 from __future__ import annotations
@@ -25,29 +38,48 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-__all__ = ["pdl_enabled", "wait_for_previous"]
+__all__ = ["pdl_enabled", "pdl_mode", "let_next_launch", "wait_for_previous"]
+
+PDL_OFF, PDL_AFTER_WAIT, PDL_AT_START = 0, 1, 2
+
+
+def pdl_mode(device: torch.device, signal_at_start: bool = False) -> int:
+    """The PDL constexpr of a kernel launched on `device`: PDL_OFF (never in the interpreter or
+    on CPU), else PDL_AT_START for kernels whose successor gains from starting early
+    (`signal_at_start`), PDL_AFTER_WAIT for the others (LLM_PDL=1 / 2 force one or the other)."""
+    mode = _pdl_mode(device.type, device.index)
+    if mode is None:
+        return PDL_AT_START if signal_at_start else PDL_AFTER_WAIT
+    return mode
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """Whether kernels on `device` are launched with PDL (never in the interpreter or on CPU).
-    Asked at every launch, so the answer (and LLM_PDL) is worked out once per device."""
-    return _pdl_enabled(device.type, device.index)
+    return pdl_mode(device) != PDL_OFF
 
 
 @functools.lru_cache(maxsize=None)
-def _pdl_enabled(device_type: str, device_index: int | None) -> bool:
-    if os.environ.get("LLM_PDL", "1").strip() == "0" or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    if device_type != "cuda":
-        return False
+def _pdl_mode(device_type: str, device_index: int | None) -> int | None:
+    """PDL_OFF, a mode forced by LLM_PDL, or None (each kernel's own choice)."""
+    setting = os.environ.get("LLM_PDL", "").strip()
+    if setting == "0" or os.environ.get("TRITON_INTERPRET") == "1" or device_type != "cuda":
+        return PDL_OFF
     index = device_index if device_index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    if torch.cuda.get_device_capability(index)[0] < 9:
+        return PDL_OFF
+    return {"1": PDL_AFTER_WAIT, "2": PDL_AT_START}.get(setting)
+
+
+@triton.jit
+def let_next_launch(PDL: tl.constexpr):
+    """First thing in every program: with PDL_AT_START, the next kernel may start now."""
+    if PDL == 2:
+        gdc_launch_dependents()
 
 
 @triton.jit
 def wait_for_previous(PDL: tl.constexpr):
-    """Wait until the previous kernel has finished and its writes are visible, then let the next
-    kernel launch (it waits the same way before reading what this one writes)."""
-    if PDL:
+    """Wait until the previous kernel has completed and its writes are visible."""
+    if PDL != 0:
         gdc_wait()
+    if PDL == 1:
         gdc_launch_dependents()

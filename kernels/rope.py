@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from .pdl import pdl_enabled, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["apply_rope", "rope_and_write_kv"]
 
@@ -45,12 +45,16 @@ def _rope_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr,
                  HALF: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
                  KV_HEADS_PAD: tl.constexpr, PAGE_SIZE: tl.constexpr,
                  WRITE_CACHE: tl.constexpr, PDL: tl.constexpr):
-    wait_for_previous(PDL)
+    let_next_launch(PDL)
+    # Positions and slots are step inputs and the table is fixed: read before the wait.
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
+    if WRITE_CACHE:
+        slot = tl.load(slot_ptr + t).to(tl.int64)
     i = tl.arange(0, HALF)
     cos = tl.load(cos_sin_ptr + pos * stride_cs + i)
     sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + i)
+    wait_for_previous(PDL)
 
     _rotate_heads(q_ptr + t * stride_qt, q_out_ptr + t * stride_qot, stride_qh,
                   stride_qoh, num_q_heads, cos, sin, Q_HEADS_PAD, HALF)
@@ -58,7 +62,6 @@ def _rope_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr,
                            stride_koh, num_kv_heads, cos, sin, KV_HEADS_PAD, HALF)
 
     if WRITE_CACHE:
-        slot = tl.load(slot_ptr + t).to(tl.int64)
         page = slot // PAGE_SIZE
         in_page = slot % PAGE_SIZE
         heads = tl.arange(0, KV_HEADS_PAD)
@@ -120,7 +123,8 @@ def _launch(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping):
         cos_sin_cache.stride(0), *cache_strides,
         HALF=half, Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
         KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads), PAGE_SIZE=page_size,
-        WRITE_CACHE=write, PDL=(pdl := pdl_enabled(q.device)), num_warps=4, launch_pdl=pdl)
+        WRITE_CACHE=write, PDL=(pdl := pdl_mode(q.device, signal_at_start=True)), num_warps=4,
+        launch_pdl=pdl > 0)
     return q_out, k_out
 
 
