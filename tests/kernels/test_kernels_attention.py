@@ -293,3 +293,61 @@ def test_gpu_mixed_chunked_prefill_and_decode():
     for splits in (1, 4):
         check_close(f"gpu mixed splits={splits}", _run_triton(inputs, num_splits=splits),
                     expected, ATTN_TOL[torch.bfloat16])
+
+
+@gpu_only
+@pytest.mark.parametrize("pdl", ["1", "2", ""], ids=["signal_after_wait", "signal_at_start", "default"])
+def test_gpu_decode_reads_this_steps_kv_after_the_cache_write(pdl, monkeypatch):
+    """The split decode attention reads its first KV tile before the PDL wait (kernels/pdl.py),
+    while the kernels before it may still run, so this step's K/V must be read after the wait.
+    As in a layer, K/V come from a projection (a slow one here: 268 MB of weight), then RoPE
+    writes them into the cache, then the attention reads it; this step's cache slots hold huge
+    stale values beforehand. Contexts put the new token first, last and inside a 128-token tile.
+    (Reading the tile that holds the new token early makes this fail with LLM_PDL unset or 2.)"""
+    from kernels import pdl as pdl_module
+    from kernels import triton_ops
+    from kernels.linear import LinearConfig, small_linear
+    from kernel_testing import rope_cache
+
+    monkeypatch.setenv("LLM_PDL", pdl)
+    pdl_module._pdl_mode.cache_clear()
+    try:
+        ctxs = [128, 129, 256, 4096, 4095, 1000, 2048 + 64, 130]
+        n, hq, hkv, d, k_dim = len(ctxs), 32, 8, 128, 65536
+        weight = torch.randn(2 * hkv * d, k_dim, dtype=torch.bfloat16, device=DEVICE) / k_dim ** 0.5
+        table = rope_cache(4096, d)
+        steps = []
+        for _ in range(2):   # two "layers", each over its own cache
+            inputs = make_attention_inputs([1] * n, ctxs, hq, hkv, d, 16, torch.bfloat16)
+            tables = inputs["block_tables"].long()
+            pos = torch.tensor(ctxs, device=DEVICE) - 1
+            slots = tables[torch.arange(n, device=DEVICE), pos // 16] * 16 + pos % 16
+            x = torch.randn(n, k_dim, dtype=torch.bfloat16, device=DEVICE)
+            steps.append((inputs, pos, slots, x))
+
+        def run():
+            outs = []
+            for inputs, pos, slots, x in steps:
+                kv = small_linear(x, weight, LinearConfig(split_k=1))   # one slow kernel
+                k_new, v_new = kv.view(n, 2, hkv, d).unbind(1)
+                q_rot, _ = triton_ops.rope_and_write_kv(inputs["q"], k_new, v_new, pos, table,
+                                                        inputs["k_cache"], inputs["v_cache"], slots)
+                outs.append((triton_ops.paged_attention(**dict(inputs, q=q_rot), num_splits=32), k_new))
+            return outs
+
+        run()   # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = run()
+        for _ in range(3):
+            for inputs, _, slots, _ in steps:
+                for cache in (inputs["k_cache"], inputs["v_cache"]):
+                    cache.view(-1, hkv, d)[slots] = 300.0
+            graph.replay()
+            torch.cuda.synchronize()
+            for i, ((inputs, pos, _, _), (out, k_new)) in enumerate(zip(steps, outs)):
+                q_rot, _ = ref_ops.apply_rope(inputs["q"], k_new, pos, table)
+                check_close(f"write -> attention, layer {i}, LLM_PDL={pdl!r}", out,
+                            ref_ops.paged_attention(**dict(inputs, q=q_rot)), ATTN_TOL[torch.bfloat16])
+    finally:
+        pdl_module._pdl_mode.cache_clear()
