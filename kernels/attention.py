@@ -209,7 +209,7 @@ def _attend_loaded_tile(acc, m_i, l_i, q, k, v, qk_scale, DOT_PRECISION: tl.cons
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, k_early_ptr, v_early_ptr, block_tables_ptr, context_lens_ptr,
     cu_seqlens_q_ptr, tile_seqs_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
     qk_scale, num_splits, num_tokens, num_seqs,
     stride_qt, stride_qh,
@@ -296,7 +296,7 @@ def _paged_attention_kernel(
     first_end = lo + BLOCK_N
     prefetched = (first_end <= tl.minimum(hi, full_end)) & (first_end <= ctx - qlen)
     if PREFETCH:
-        k0, v0 = _load_old_kv_tile(k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head, lo, prefetched,
+        k0, v0 = _load_old_kv_tile(k_early_ptr, v_early_ptr, bt_row_ptr, kv_head, lo, prefetched,
                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                                    PAGE_SIZE, HEAD_DIM, BLOCK_N)
     wait_for_previous(PDL)
@@ -423,7 +423,8 @@ def _tile_seqs(cu_seqlens_q, num_q_tiles: int, block_q: int) -> torch.Tensor:
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None, max_context_len=None, tile_seqs=None):
+                    num_splits=None, config=None, max_context_len=None, tile_seqs=None,
+                    early_kv_cache=None):
     """Triton version of reference.paged_attention (same signature).
 
     Extra keyword-only knobs: num_splits (None = choose_num_splits; 1 = no
@@ -434,7 +435,10 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     bounds.  max_seqlen_q must be >= every sequence's query length; it may be
     larger (a padded step).  Output rows past cu_seqlens_q[-1] are left
     unwritten.  tile_seqs: attention_tile_map's result for this step (None:
-    made here when the flat grid needs it).
+    made here when the flat grid needs it). early_kv_cache: (k, v) shaped like the cache, where
+    the split decode reads the tiles it reads before the PDL wait (default: the cache itself);
+    tests pass a copy with this step's tokens made stale, to check that only tokens of earlier
+    steps are read there (on the GPU the kernels before may still be writing this step's).
     """
     _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     if q.stride(2) != 1:
@@ -485,12 +489,15 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     else:  # unused by the kernel; any valid pointer will do
         part_m = part_l = part_acc = out
 
+    k_early, v_early = early_kv_cache if early_kv_cache is not None else (k_cache, v_cache)
+    assert k_early.shape == k_cache.shape and k_early.stride() == k_cache.stride()
+    assert v_early.shape == v_cache.shape and v_early.stride() == v_cache.stride()
     pdl = pdl_mode(q.device, signal_at_start=True)   # the next call reads its KV early (pdl.py)
 
     def launch(grid_flat: bool, cfg: AttnConfig, tile_q: int, short_q: int) -> None:
         grid = (num_q_tiles, num_kv_heads * num_splits, 1) if grid_flat else (1, num_kv_heads * num_splits, num_seqs)
         _paged_attention_kernel[grid](
-            q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, tile_seqs,
+            q, k_cache, v_cache, k_early, v_early, block_tables, context_lens, cu_seqlens_q, tile_seqs,
             out, part_m, part_l, part_acc,
             float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
             q.stride(0), q.stride(1),

@@ -61,7 +61,8 @@ def attention_tile_map(cu_seqlens_q, num_tokens, max_seqlen_q, num_q_heads, num_
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
-                    num_splits=None, config=None, max_context_len=None, tile_seqs=None):
+                    num_splits=None, config=None, max_context_len=None, tile_seqs=None,
+                    early_kv_cache=None):
     """Causal attention of packed query tokens over a paged KV cache.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
@@ -70,10 +71,11 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     Query token i of sequence b sits at absolute position
     context_lens[b] - qlen_b + i and sees cache positions 0..that position.
     `num_splits` / `config` / `max_context_len` tune the Triton kernel and are
-    ignored here.
+    ignored here, as is `early_kv_cache` (a test hook of the kernel's reads
+    before its PDL wait).
     Rows of the output past cu_seqlens_q[-1] are zero.
     """
-    del max_seqlen_q, num_splits, config  # shape hints for the kernel only
+    del max_seqlen_q, num_splits, config, early_kv_cache  # for the kernel only
     T, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     assert Hq % Hkv == 0, "Hq must be a multiple of Hkv"

@@ -295,59 +295,31 @@ def test_gpu_mixed_chunked_prefill_and_decode():
                     expected, ATTN_TOL[torch.bfloat16])
 
 
-@gpu_only
-@pytest.mark.parametrize("pdl", ["1", "2", ""], ids=["signal_after_wait", "signal_at_start", "default"])
-def test_gpu_decode_reads_this_steps_kv_after_the_cache_write(pdl, monkeypatch):
+@pytest.mark.parametrize("qlens,ctxs", [
+    ([1] * 8, [16, 17, 32, 33, 48, 64, 100, 7]),            # one new token at a tile's end, start, inside
+    ([1, 2, 3, 4, 2], [32, 33, 50, 64, 18]),                # decode tiles of a few tokens (GQA 4: up to 4)
+], ids=["decode", "short_queries"])
+def test_split_decode_reads_only_earlier_steps_tokens_before_the_wait(qlens, ctxs):
     """The split decode attention reads its first KV tile before the PDL wait (kernels/pdl.py),
-    while the kernels before it may still run, so this step's K/V must be read after the wait.
-    As in a layer, K/V come from a projection (a slow one here: 268 MB of weight), then RoPE
-    writes them into the cache, then the attention reads it; this step's cache slots hold huge
-    stale values beforehand. Contexts put the new token first, last and inside a 128-token tile.
-    (Reading the tile that holds the new token early makes this fail with LLM_PDL unset or 2.)"""
-    from kernels import pdl as pdl_module
-    from kernels import triton_ops
-    from kernels.linear import LinearConfig, small_linear
-    from kernel_testing import rope_cache
-
-    monkeypatch.setenv("LLM_PDL", pdl)
-    pdl_module._pdl_mode.cache_clear()
-    try:
-        ctxs = [128, 129, 256, 4096, 4095, 1000, 2048 + 64, 130]
-        n, hq, hkv, d, k_dim = len(ctxs), 32, 8, 128, 65536
-        weight = torch.randn(2 * hkv * d, k_dim, dtype=torch.bfloat16, device=DEVICE) / k_dim ** 0.5
-        table = rope_cache(4096, d)
-        steps = []
-        for _ in range(2):   # two "layers", each over its own cache
-            inputs = make_attention_inputs([1] * n, ctxs, hq, hkv, d, 16, torch.bfloat16)
-            tables = inputs["block_tables"].long()
-            pos = torch.tensor(ctxs, device=DEVICE) - 1
-            slots = tables[torch.arange(n, device=DEVICE), pos // 16] * 16 + pos % 16
-            x = torch.randn(n, k_dim, dtype=torch.bfloat16, device=DEVICE)
-            steps.append((inputs, pos, slots, x))
-
-        def run():
-            outs = []
-            for inputs, pos, slots, x in steps:
-                kv = small_linear(x, weight, LinearConfig(split_k=1))   # one slow kernel
-                k_new, v_new = kv.view(n, 2, hkv, d).unbind(1)
-                q_rot, _ = triton_ops.rope_and_write_kv(inputs["q"], k_new, v_new, pos, table,
-                                                        inputs["k_cache"], inputs["v_cache"], slots)
-                outs.append((triton_ops.paged_attention(**dict(inputs, q=q_rot), num_splits=32), k_new))
-            return outs
-
-        run()   # compile outside the capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = run()
-        for _ in range(3):
-            for inputs, _, slots, _ in steps:
-                for cache in (inputs["k_cache"], inputs["v_cache"]):
-                    cache.view(-1, hkv, d)[slots] = 300.0
-            graph.replay()
-            torch.cuda.synchronize()
-            for i, ((inputs, pos, _, _), (out, k_new)) in enumerate(zip(steps, outs)):
-                q_rot, _ = ref_ops.apply_rope(inputs["q"], k_new, pos, table)
-                check_close(f"write -> attention, layer {i}, LLM_PDL={pdl!r}", out,
-                            ref_ops.paged_attention(**dict(inputs, q=q_rot)), ATTN_TOL[torch.bfloat16])
-    finally:
-        pdl_module._pdl_mode.cache_clear()
+    while the RoPE kernel before it may still be writing this step's K/V: that early read must
+    only touch tokens cached by earlier steps. The kernel takes those reads from `early_kv_cache`:
+    here a copy of the cache whose slots for this step's tokens hold huge stale values, so any
+    early read of them shows in the output. Deterministic, on the CPU interpreter as on the GPU."""
+    from kernels.attention import AttnConfig
+    hq, hkv, d, page = 8, 2, 64, 16
+    dtype = torch.float32 if not ON_GPU else torch.bfloat16
+    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, page, dtype)
+    stale_k, stale_v = inputs["k_cache"].clone(), inputs["v_cache"].clone()
+    tables = inputs["block_tables"].long()
+    for b, (qlen, ctx) in enumerate(zip(qlens, ctxs)):
+        for pos in range(ctx - qlen, ctx):
+            slot = tables[b, pos // page] * page + pos % page
+            stale_k.view(-1, hkv, d)[slot] = 300.0
+            stale_v.view(-1, hkv, d)[slot] = 300.0
+    expected = ref_ops.paged_attention(**inputs)
+    # 16-token tiles so that tiles end on, just after and just before the new tokens; a split
+    # of one tile and one of two (its first read early, its second after the wait).
+    for splits in (max(ctxs) // 16, max(ctxs) // 32):
+        got = _run_triton(inputs, num_splits=splits, early_kv_cache=(stale_k, stale_v),
+                          config=AttnConfig(block_m=16, block_n=16, num_warps=4, num_stages=1))
+        check_close(f"split decode, {splits} splits, stale early cache", got, expected, ATTN_TOL[dtype])
