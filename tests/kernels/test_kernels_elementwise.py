@@ -61,7 +61,7 @@ def _rope_inputs(tokens, hq, hkv, d, dtype, max_pos=512):
 
 
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
-@pytest.mark.parametrize("tokens,hq,hkv,d", [(1, 2, 1, 64), (9, 4, 2, 64), (5, 6, 3, 128)])
+@pytest.mark.parametrize("tokens,hq,hkv,d", [(1, 2, 1, 64), (9, 4, 2, 64), (5, 6, 3, 128), (300, 2, 1, 64)])
 def test_apply_rope(dtype, tokens, hq, hkv, d):
     q, k, _, positions, cs = _rope_inputs(tokens, hq, hkv, d, dtype)
     q_rot, k_rot = _ops().apply_rope(q, k, positions, cs)
@@ -71,7 +71,8 @@ def test_apply_rope(dtype, tokens, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
-@pytest.mark.parametrize("tokens,hq,hkv,d,page", [(1, 2, 1, 64, 16), (11, 4, 2, 64, 4), (6, 6, 3, 128, 16)])
+@pytest.mark.parametrize("tokens,hq,hkv,d,page", [(1, 2, 1, 64, 16), (11, 4, 2, 64, 4), (6, 6, 3, 128, 16),
+                                                  (300, 2, 1, 64, 16)])   # > EARLY_READS_MAX_TOKENS
 def test_rope_and_write_kv(dtype, tokens, hq, hkv, d, page):
     q, k, v, positions, cs = _rope_inputs(tokens, hq, hkv, d, dtype)
     num_blocks = tokens // page + 3
