@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-__all__ = ["pdl_enabled", "pdl_mode", "let_next_launch", "wait_for_previous"]
+__all__ = ["pdl_mode", "let_next_launch", "wait_for_previous"]
 
 PDL_OFF, PDL_AFTER_WAIT, PDL_AT_START = 0, 1, 2
 
@@ -52,10 +52,6 @@ def pdl_mode(device: torch.device, signal_at_start: bool = False) -> int:
     if mode is None:
         return PDL_AT_START if signal_at_start else PDL_AFTER_WAIT
     return mode
-
-
-def pdl_enabled(device: torch.device) -> bool:
-    return pdl_mode(device) != PDL_OFF
 
 
 @functools.lru_cache(maxsize=None)
