@@ -255,16 +255,19 @@ def _paged_attention_kernel(
     ctx = tl.load(context_lens_ptr + seq)
     qlen = q_end - q_begin
     q_start = q_tile * BLOCK_Q
-    if q_start >= qlen:  # grid is sized for max_seqlen_q; also covers qlen 0
-        return
-    # Which launch owns the sequence (see the module docstring): the flat grid those longer than
-    # SHORT_Q tokens (SHORT_Q = 0: all), the decode grid those of at most one tile.
+    # Programs without work exit, but only after the PDL wait: a kernel must not complete before
+    # its predecessor has (pdl.py), and a launch may be all such programs (a mixed step whose
+    # sequences all belong to the other grid).
+    # The grid is sized for max_seqlen_q (q_start >= qlen also covers qlen 0). Which launch owns
+    # the sequence (see the module docstring): the flat grid those longer than SHORT_Q tokens
+    # (SHORT_Q = 0: all), the decode grid those of at most one tile.
     if FLAT:
-        if qlen <= SHORT_Q:
-            return
+        no_work = (q_start >= qlen) | (qlen <= SHORT_Q)
     else:
-        if qlen > BLOCK_Q:
-            return
+        no_work = (q_start >= qlen) | (qlen > BLOCK_Q)
+    if no_work:
+        wait_for_previous(PDL)
+        return
 
     # Absolute positions: rows of this tile see KV [0, row_pos].
     first_pos = ctx - qlen + q_start

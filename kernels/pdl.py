@@ -10,23 +10,24 @@ has completed and its writes are visible.
 A kernel signals either right after its wait (at most two kernels in flight: the next one starts
 when this one's predecessor has finished) or, where the next kernel has useful reads to issue
 early, at its very start (`let_next_launch`): the split decode attention reads its first KV tile
-while the RoPE kernel before it runs, and the next call's tiles while the merge runs. Signalling
+while the RoPE kernel before it runs (and, in the kernel benchmark's graph of back-to-back
+attention calls, the next call reads its tiles while the merge runs). Signalling
 at the start in every kernel was measured slower (batch-1 1B graph 1.22 vs 1.13 ms, perf/results/
 2026-11-24-h100/early_pdl/), and so was adding the RMSNorm and the split-K sum to the three.
 
 Each program first reads what no kernel of the step writes (the weights, the step's index inputs,
 the KV cache of earlier steps' tokens), then waits (`wait_for_previous`) before its first read of a
-buffer a recent kernel wrote and before any write. A kernel completes only after its own wait
-returned, so the kernel before it completed too: the chain is transitive, and everything after the
-wait may read anything written earlier in the step. The reads before the wait must never touch a
+buffer a recent kernel wrote and before any write. Every program waits before it exits, those
+with nothing to do included, so a kernel completes only after the kernel before it completed: the
+chain is transitive, and everything after the wait may read anything written earlier in the step. The reads before the wait must never touch a
 buffer one of our kernels writes in the same step, as several kernels may be before their wait
 (tests/kernels/test_kernels_attention.py checks the attention's early reads with a stale copy).
 The step's index inputs (positions, slots, context lengths, block tables) are written by torch
 copies and casts, which are launched without PDL and so complete before any later kernel starts.
 CUDA graph capture records the launches as programmatic edges.
 
-LLM_PDL (read once per process): 0 off; 1 every kernel signals after its wait; 2 every kernel
-signals at its start; unset: as described above.
+LLM_PDL (read once per process): 0 off; 1 every kernel signals after its wait (before this rule,
+1 meant on); 2 every kernel signals at its start; unset: as described above.
 """
 
 from __future__ import annotations

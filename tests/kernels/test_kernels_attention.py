@@ -317,8 +317,8 @@ def test_split_decode_reads_only_earlier_steps_tokens_before_the_wait(qlens, ctx
             stale_k.view(-1, hkv, d)[slot] = 300.0
             stale_v.view(-1, hkv, d)[slot] = 300.0
     expected = ref_ops.paged_attention(**inputs)
-    # 16-token tiles so that tiles end on, just after and just before the new tokens; a split
-    # of one tile and one of two (its first read early, its second after the wait).
+    # 16-token tiles so that tiles end on, just after and just before the new tokens; splits of
+    # one tile and of several (the first read early, the rest after the wait).
     for splits in (max(ctxs) // 16, max(ctxs) // 32):
         got = _run_triton(inputs, num_splits=splits, early_kv_cache=(stale_k, stale_v),
                           config=AttnConfig(block_m=16, block_n=16, num_warps=4, num_stages=1))
