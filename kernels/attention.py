@@ -297,7 +297,9 @@ def _paged_attention_kernel(
     # that tile is unmasked and holds only tokens cached by earlier steps (< ctx - qlen).
     PREFETCH: tl.constexpr = SPLIT and not FLAT
     first_end = lo + BLOCK_N
-    prefetched = (first_end <= tl.minimum(hi, full_end)) & (first_end <= ctx - qlen)
+    # (Such a tile is also unmasked: on the decode grid full_end is ctx - qlen + 1 rounded down
+    # to whole tiles, and first_end is a whole number of tiles.)
+    prefetched = (first_end <= hi) & (first_end <= ctx - qlen)
     if PREFETCH:
         k0, v0 = _load_old_kv_tile(k_early_ptr, v_early_ptr, bt_row_ptr, kv_head, lo, prefetched,
                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,

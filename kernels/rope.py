@@ -52,23 +52,19 @@ def _rope_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr,
     let_next_launch(PDL)
     t = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, HALF)
-    if EARLY_READS:
-        # Positions and slots are step inputs and the table is fixed: read before the wait, so
-        # a decode step's few programs have their rows when the projection before them ends.
-        pos = tl.load(pos_ptr + t).to(tl.int64)
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        cos = tl.load(cos_sin_ptr + pos * stride_cs + i)
-        sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + i)
-        wait_for_previous(PDL)
-    else:
+    if not EARLY_READS:
         # Thousands of programs (a prefill): throughput, not one program's chain, sets the time,
         # and a wait between these reads and q/k's keeps them from overlapping (H100, 8192
         # tokens: 2.70 vs 2.66 TB/s, perf/results/2026-11-24-h100/early_pdl/call8_rope_reads/).
         wait_for_previous(PDL)
-        pos = tl.load(pos_ptr + t).to(tl.int64)
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        cos = tl.load(cos_sin_ptr + pos * stride_cs + i)
-        sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + i)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + i)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + i)
+    if EARLY_READS:
+        # Positions and slots are step inputs and the table is fixed: read before the wait, so
+        # a decode step's few programs have their rows when the projection before them ends.
+        wait_for_previous(PDL)
 
     _rotate_heads(q_ptr + t * stride_qt, q_out_ptr + t * stride_qot, stride_qh,
                   stride_qoh, num_q_heads, cos, sin, Q_HEADS_PAD, HALF)
@@ -137,8 +133,8 @@ def _launch(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping):
         cos_sin_cache.stride(0), *cache_strides,
         HALF=half, Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
         KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads), PAGE_SIZE=page_size,
-        WRITE_CACHE=write, EARLY_READS=num_tokens <= EARLY_READS_MAX_TOKENS, PDL=(pdl := pdl_mode(q.device, signal_at_start=True)), num_warps=4,
-        launch_pdl=pdl > 0)
+        WRITE_CACHE=write, EARLY_READS=num_tokens <= EARLY_READS_MAX_TOKENS,
+        PDL=(pdl := pdl_mode(q.device, signal_at_start=True)), num_warps=4, launch_pdl=pdl > 0)
     return q_out, k_out
 
 
