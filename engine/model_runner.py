@@ -30,8 +30,7 @@ class ModelRunner:
         self.dtype = config.resolved_dtype()
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        self._staging: list[torch.Tensor | None] = [None, None]   # pinned host buffers for step inputs
-        self._turn = 0
+        self._staging = _StagingBuffers() if self.device.type == "cuda" else None   # step inputs, host side
         self.last_shape: StepShape | None = None   # the padded shape of the last step (diagnostics)
         weights = fused_weights(model_cfg, load_state_dict(config.model_dir, self.dtype, self.device))
         self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len)
@@ -158,7 +157,8 @@ class ModelRunner:
         head = input_ids + positions + slots + ctx + cu + logits_idx
         n = len(head) + len(ctx) * width
         total = n + 2 * len(fill_dst)
-        flat_np, staging = self._host_buffer(total)
+        staging = self._staging.take(total) if self._staging is not None else None
+        flat_np = staging.numpy()[:total] if staging is not None else np.empty(total, dtype=np.int64)
         flat_np[:len(head)] = head
         tables = flat_np[len(head):n].reshape(len(ctx), width)
         blocks = np.concatenate(arrays)
@@ -175,6 +175,7 @@ class ModelRunner:
             packed = (self.inputs[:total] if total <= self.inputs.numel()
                       else torch.empty(total, dtype=torch.long, device=self.device))
             packed.copy_(staging[:total], non_blocking=True)
+            self._staging.copy_queued()
         if fill_dst:
             k = len(fill_dst)
             dst, src = packed[n:n + k], packed[n + k:n + 2 * k]
@@ -190,23 +191,6 @@ class ModelRunner:
         if cached is None or cached[0] is not table or len(cached[1]) != len(table):
             cached = seq.block_table_array = (table, np.array(table, dtype=np.int64))
         return cached[1]
-
-    def _host_buffer(self, total: int) -> tuple[np.ndarray, torch.Tensor | None]:
-        """Where a step's packed inputs are written on the host: on CUDA straight into one of two
-        pinned staging buffers, used in turn (the previous step's copy may still be queued when
-        this one is packed, asynchronous scheduling; the one before it is done). Packing through
-        numpy, never torch: a torch copy of more than 32,768 elements (its grain size) runs on the
-        intra-op thread pool, and waking it stalled steps by 1-5 ms on the H100 machines once a
-        long context made the block tables that large (perf/results/2026-11-23-h100/part4/
-        context_sweep)."""
-        if self.device.type != "cuda":
-            return np.empty(total, dtype=np.int64), None
-        self._turn ^= 1
-        staging = self._staging[self._turn]
-        if staging is None or staging.numel() < total:
-            staging = self._staging[self._turn] = torch.empty(max(total, 1 << 16), dtype=torch.long,
-                                                              pin_memory=True)
-        return staging.numpy()[:total], staging
 
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
         """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
@@ -240,3 +224,42 @@ class ModelRunner:
                 shape = StepShape(num_tokens, len(batch.seqs), decode=max_q == 1)
             logits = self.model.forward(self._eager_inputs(packed, shape, width, padded), self.kv_cache)
         return logits[:num_sampling]
+
+
+class _StagingBuffers:
+    """Pinned host buffers that steps pack their inputs into (through numpy, never torch: a torch
+    copy of more than 32,768 elements, its grain size, runs on the intra-op thread pool, and waking
+    it stalled steps by 1-5 ms on the H100 machines once long contexts made the block tables that
+    large, perf/results/2026-11-23-h100/part4/context_sweep). Two, used in turn: when a step is
+    packed, the previous step's copy to the device may still be queued (asynchronous scheduling).
+
+    A buffer is written again two steps later, and its copy must have run by then. Usually the
+    host has waited for the GPU in between (reading a step's sampled tokens), but a step that
+    samples nothing (a chunk of a long prompt, no decodes running) makes the host wait for
+    nothing, and it can run several steps ahead of the GPU: the chunk after next would overwrite
+    this chunk's tokens, positions and slots before the GPU copied them. So each copy records an
+    event, and a buffer is handed out again only once its last copy is done."""
+
+    def __init__(self):
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
+
+    def take(self, total: int) -> torch.Tensor:
+        """The next buffer, at least `total` int64 long, free to write."""
+        self._turn ^= 1
+        if self._copied[self._turn] is not None:
+            self._copied[self._turn].synchronize()
+        buffer = self._buffers[self._turn]
+        if buffer is None or buffer.numel() < total:
+            # The old buffer may still be read by a queued copy; the pinned allocator keeps it
+            # until that copy has run.
+            buffer = self._buffers[self._turn] = torch.empty(max(total, 1 << 16), dtype=torch.long,
+                                                            pin_memory=True)
+        return buffer
+
+    def copy_queued(self) -> None:
+        """Call once the copy out of the buffer `take` returned is queued on the current stream."""
+        if self._copied[self._turn] is None:
+            self._copied[self._turn] = torch.cuda.Event()
+        self._copied[self._turn].record()

@@ -151,3 +151,38 @@ def test_on_the_gpu_with_cuda_graphs(tiny_model_dir, dtype):
         del engine
         torch.cuda.empty_cache()
     assert results[True] == results[False]
+
+
+@needs_gpu
+@pytest.mark.parametrize("async_scheduling", [True, False])
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_prompt_chunks_with_the_gpu_behind_the_host(tiny_model_dir, async_scheduling, enforce_eager):
+    """A long prompt prefilled in chunks, nothing decoding: no step samples, so the host waits for
+    the GPU at no step and runs ahead of it. Each step's inputs are packed into one of two pinned
+    buffers used in turn; the chunk after next must not overwrite a chunk's inputs before the GPU
+    has copied them. The GPU is held back (a spin kernel queued ahead of every step's input copy),
+    and the result must be the one of the same engine with nothing held back."""
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+    def run(hold_gpu_s: float):
+        engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda", dtype="float32",
+                                        async_scheduling=async_scheduling, enforce_eager=enforce_eager,
+                                        max_num_seqs=4, max_num_batched_tokens=64, num_kv_blocks=256))
+        prompt = engine.tokenize(" ".join(PROMPTS) * 3)[:400]
+        assert len(prompt) > 5 * 64   # six chunks without a sampled token
+        cycles = int(hold_gpu_s * torch.cuda.get_device_properties(0).clock_rate * 1000)
+        run_step = engine.runner.run
+
+        def held_back(*args, **kwargs):
+            if hold_gpu_s:
+                torch.cuda._sleep(cycles)   # on the stream, before this step's input copy
+            return run_step(*args, **kwargs)
+
+        engine.runner.run = held_back
+        [out] = engine.generate([prompt], params)
+        assert engine.block_manager.num_used_blocks == 0
+        del engine
+        torch.cuda.empty_cache()
+        return out.token_ids
+
+    assert run(0.02) == run(0.0)
