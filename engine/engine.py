@@ -61,6 +61,11 @@ def check_request(prompt_ids: list[int], params: SamplingParams, limits: Request
     if n + params.max_tokens > limits.kv_capacity_tokens:
         raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
                                            f"exceeds the whole KV cache ({limits.kv_capacity_tokens} tokens)")
+    if min(prompt_ids) < 0 or max(prompt_ids) >= limits.vocab_size:
+        # A token id outside the embedding table fails the whole step (an index error, a device
+        # assert on the GPU), and with it every request in flight.
+        raise InvalidRequest("text_input", f"prompt token ids must be in [0, {limits.vocab_size}), got "
+                                           f"{min(prompt_ids)}..{max(prompt_ids)}")
     if any(t >= limits.vocab_size for t in params.stop_token_ids):
         raise InvalidRequest("stop_token_ids", f"token ids must be below the vocabulary size {limits.vocab_size}")
 
@@ -248,11 +253,19 @@ class LLMEngine:
         if token in seq.stop_ids:
             seq.status = Status.FINISHED
             seq.finish_reason = "stop"
+            if seq.params.include_stop_str_in_output:   # as vLLM: the stop token's text too
+                seq.output_text += seq.detokenizer.add(token)
             seq.output_text += seq.detokenizer.flush()
             return
         seq.output_text += seq.detokenizer.add(token)
-        if seq.params.stop and self._hit_stop_string(seq):
-            return
+        if seq.params.stop:
+            if len(seq.token_ids) - seq.num_prompt_tokens < seq.params.min_tokens:
+                # As vLLM: no stop string ends generation before min_tokens (stop tokens are
+                # not sampled before then, see Sampler); one completed by a later token may
+                # start before this point.
+                seq.stop_string_floor = len(seq.output_text)
+            elif self._hit_stop_string(seq):
+                return
         if len(seq.token_ids) >= seq.max_total_tokens:   # not num_tokens: that counts tokens in flight
             seq.status = Status.FINISHED
             seq.finish_reason = "length"
@@ -262,11 +275,13 @@ class LLMEngine:
     @staticmethod
     def _hit_stop_string(seq: Sequence) -> bool:
         """Finish at the first stop string and cut the text there. Only the part of the text that
-        can hold a new match is searched: from the last emitted character minus a stop's length."""
+        can hold a new match is searched: a match must end past the last emitted character (and
+        past the text made before min_tokens was reached)."""
         text = seq.output_text
+        searched_to = max(seq.num_emitted_chars, seq.stop_string_floor)
         best = None
         for stop in seq.params.stop:
-            idx = text.find(stop, max(0, seq.num_emitted_chars - len(stop) + 1))
+            idx = text.find(stop, max(0, searched_to - len(stop) + 1))
             if idx != -1 and (best is None or idx < best[0]):
                 best = (idx, stop)
         if best is None:

@@ -14,6 +14,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_LOGPROBS = 20
 GREEDY_TEMPERATURE = 1e-5   # as vLLM: lower temperatures sample greedily
+# vLLM parameters that clients often send with their default value: accepted as that value only
+# (n: completions per request).
+ACCEPTED_ONLY_AS_DEFAULT = {"n": 1}
 
 
 class InvalidRequest(ValueError):
@@ -69,12 +72,16 @@ class SamplingParams:
 
     @classmethod
     def from_dict(cls, obj: dict) -> "SamplingParams":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | ACCEPTED_ONLY_AS_DEFAULT.keys()
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InvalidRequest(unknown[0], f"unknown sampling parameter (known: {', '.join(sorted(known))})")
         p = cls()
         for key, raw in obj.items():
+            if key in ACCEPTED_ONLY_AS_DEFAULT:
+                if _as_int(key, raw) != ACCEPTED_ONLY_AS_DEFAULT[key]:
+                    raise InvalidRequest(key, f"only {ACCEPTED_ONLY_AS_DEFAULT[key]} is supported, got {raw!r}")
+                continue
             setattr(p, key, _CONVERTERS[key](key, raw))
         p.validate()
         return p
@@ -156,6 +163,8 @@ def _as_optional_int(name, v):
 
 
 def _as_str_list(name, v):
+    if v is None:   # as vLLM: null is the default, none
+        return []
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
@@ -164,6 +173,8 @@ def _as_str_list(name, v):
 
 
 def _as_int_list(name, v):
+    if v is None:
+        return []
     if not isinstance(v, list):
         raise InvalidRequest(name, "must be a list of integers")
     return [_as_int(name, x) for x in v]

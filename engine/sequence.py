@@ -66,6 +66,7 @@ class Sequence:
         self.detokenizer = detokenizer
         self.output_text = ""
         self.num_emitted_chars = 0            # how much of output_text has been sent
+        self.stop_string_floor = 0            # a stop string must end past this character (min_tokens)
         self.num_emitted_tokens = 0
         self.cumulative_logprob = 0.0
         self.pending_logprobs: list[dict] = []

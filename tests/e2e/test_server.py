@@ -234,3 +234,23 @@ def test_a_burst_of_good_and_bad_requests_is_admitted_together(server):
     for i, prompt in enumerate(prompts):
         assert texts[f"good-{i}"] == solo[prompt]
     assert set(errors) == set(bad)   # each bad request failed once, naming its own field
+
+
+def test_min_tokens_stop_strings_and_vllm_defaults_through_the_server(server, offline):
+    """vLLM's semantics through the adapter: a stop string completed before min_tokens does not
+    end generation; null stop lists and n=1 are accepted as the defaults."""
+    prompt = PROMPTS[0]
+    free = offline.generate([prompt], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))[0].text
+    stop = next(free[i:i + 2] for i in range(1, len(free) - 1) if free[i:i + 2].strip())   # early in the text
+    params = {"max_tokens": 16, "temperature": 0, "ignore_eos": True, "stop": [stop], "min_tokens": 12,
+              "stop_token_ids": None, "n": 1}
+    expected = offline.generate([prompt], SamplingParams.from_dict(params))[0]
+    without_min = offline.generate([prompt], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True,
+                                                            stop=[stop]))[0]
+    assert len(expected.text) > len(without_min.text)   # min_tokens kept it going past the first stop
+    inputs = {"text_input": ("BYTES", prompt.encode()), "stream": ("BOOL", False),
+              "exclude_input_in_output": ("BOOL", True),
+              "sampling_parameters": ("BYTES", json.dumps(params).encode())}
+    responses, errors = _raw_stream(server, inputs)
+    assert not errors and len(responses) == 1
+    assert responses[0].as_numpy("text_output")[0].decode() == expected.text

@@ -258,11 +258,16 @@ def test_submit_validates_in_the_callers_thread(gqa, engine_factory, loops):
     with pytest.raises(InvalidRequest) as err:
         loop.submit("toolong", list(range(10, 50)), greedy(30), col.callback("toolong"))
     assert err.value.field == "max_tokens"
+    vocab = eng.model_config.vocab_size
+    for bad_ids in ([5, vocab, 7], [5, -1]):   # outside the embedding table: would fail the step for all
+        with pytest.raises(InvalidRequest) as err:
+            loop.submit("oov", bad_ids, greedy(3), col.callback("oov"))
+        assert err.value.field == "text_input" and str(vocab) in str(err.value)
     assert loop.num_in_flight == 0 and loop.healthy
     n = loop.submit("ok", "Once upon a time", greedy(3), col.callback("ok"))
     assert n == len(eng.tokenize("Once upon a time"))
     col.wait(["ok"])
-    assert not col.outs["long"] and not col.outs["toolong"]
+    assert not col.outs["long"] and not col.outs["toolong"] and not col.outs["oov"]
 
 
 def test_queue_full_while_the_engine_is_busy(gqa, engine_factory, loops):

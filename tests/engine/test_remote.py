@@ -65,6 +65,9 @@ def test_submit_raises_what_engine_loop_raises(gqa, remote):
     with pytest.raises(InvalidRequest) as info:
         loop.submit("long", PROMPTS[0], greedy(10_000), lambda out: None)
     assert info.value.field == "max_tokens"
+    with pytest.raises(InvalidRequest) as info:   # checked on this side, with the child's vocabulary size
+        loop.submit("oov", [3, loop.limits.vocab_size], greedy(4), lambda out: None)
+    assert info.value.field == "text_input"
     col = Collector()
     loop.submit("a", PROMPTS[0], greedy(200), col.callback("a"))
     col.wait_first(["a"])                       # a runs; the queue (bound 1) is empty

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import InvalidRequest, SamplingParams
-from engine.sampling_params import MAX_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
+from engine.sampling_params import ACCEPTED_ONLY_AS_DEFAULT, MAX_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 
 FIELDS = ["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
           "ignore_eos", "include_stop_str_in_output", "repetition_penalty", "presence_penalty",
@@ -70,6 +70,10 @@ def test_numbers_as_strings_and_other_lenient_forms():
     assert SamplingParams.from_json('{"max_tokens": "1e2"}').max_tokens == 100
     assert SamplingParams.from_json('{"seed": null, "logprobs": null}').seed is None
     assert SamplingParams.from_json('{"top_k": 0}').top_k == 0
+    # as vLLM's clients send them: null lists are the defaults, one completion per request
+    p = SamplingParams.from_json('{"stop": null, "stop_token_ids": null, "n": 1, "max_tokens": 5}')
+    assert p.stop == [] and p.stop_token_ids == [] and p.max_tokens == 5
+    assert SamplingParams.from_json('{"n": "1"}') == SamplingParams()
 
 
 def test_unknown_key_named():
@@ -99,7 +103,8 @@ def test_unknown_key_named():
     ({"seed": "x"}, "seed"),
     ({"stop": 5}, "stop"),
     ({"stop": ["a", 5]}, "stop"),
-    ({"stop": None}, "stop"),
+    ({"n": 2}, "n"),
+    ({"n": "two"}, "n"),
     ({"stop_token_ids": 5}, "stop_token_ids"),
     ({"stop_token_ids": ["a"]}, "stop_token_ids"),
     ({"stop_token_ids": [1.5]}, "stop_token_ids"),
@@ -223,11 +228,11 @@ def _check(obj):
     try:
         p = SamplingParams.from_dict(obj)
     except InvalidRequest as e:
-        unknown = sorted(k for k in obj if k not in FIELDS)
+        unknown = sorted(k for k in obj if k not in FIELDS and k not in ACCEPTED_ONLY_AS_DEFAULT)
         if unknown:
             assert e.field == unknown[0]
         else:
-            assert e.field in FIELDS
+            assert e.field in FIELDS or e.field in ACCEPTED_ONLY_AS_DEFAULT
         return None
     # valid: types are what the engine relies on
     assert isinstance(p.max_tokens, int) and not isinstance(p.max_tokens, bool) and p.max_tokens >= 1

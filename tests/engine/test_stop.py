@@ -147,6 +147,31 @@ def test_stop_string_at_the_start_and_absent(reference, tiny_model_dir, engine_f
     assert (got, got_toks, reason) == (text, toks, "length")
 
 
+@pytest.mark.parametrize("i", [0, 3])
+def test_min_tokens_holds_stop_strings_back(i, reference, tiny_model_dir, engine_factory):
+    """As vLLM: before min_tokens output tokens no stop string ends generation; the first
+    occurrence that a later token completes does (it may begin in the earlier text)."""
+    ids, text, toks, ends = reference[i]
+    stop, start = spanning_stop(text, ends, min_start=2)
+    k = next(k for k, e in enumerate(ends, 1) if e >= start + len(stop))   # the completing token
+    eng = engine_factory(tiny_model_dir)
+    # min_tokens up to k: the stop string is complete at token k, which is allowed to stop
+    got, got_toks, reason = joined(stream(eng, ids, greedy(stop=[stop], min_tokens=k, ignore_eos=True)))
+    assert (got, got_toks, reason) == (text[:start], toks[:k], "stop")
+    # min_tokens past k: that occurrence is skipped; the next one completed at or after
+    # min_tokens stops it, or nothing does
+    m = k + 1
+    later = [s for s in range(len(text)) if text.startswith(stop, s) and s + len(stop) > ends[m - 2]]
+    outs = stream(eng, ids, greedy(stop=[stop], min_tokens=m, ignore_eos=True), "m")
+    got, got_toks, reason = joined(outs)
+    if later:
+        k2 = next(k for k, e in enumerate(ends, 1) if e >= later[0] + len(stop))
+        assert (got, got_toks, reason) == (text[:later[0]], toks[:k2], "stop")
+    else:
+        assert (got, got_toks, reason) == (text, toks, "length")
+    assert_stream_never_shows(outs, got, stop)
+
+
 def test_stop_token_ids(reference, tiny_model_dir, engine_factory):
     ids, text, toks, ends = reference[0]
     t = toks[5]
@@ -156,6 +181,10 @@ def test_stop_token_ids(reference, tiny_model_dir, engine_factory):
     assert reason == "stop"
     assert got_toks == toks[:j + 1]                       # the stop token is reported...
     assert got == eng.tokenizer.decode(toks[:j])          # ...but its text is not
+    # include_stop_str_in_output: the stop token's text too (as vLLM)
+    got, got_toks, reason = joined(stream(eng, ids, greedy(stop_token_ids=[t], ignore_eos=True,
+                                                           include_stop_str_in_output=True), "inc"))
+    assert (got, got_toks, reason) == (eng.tokenizer.decode(toks[:j + 1]), toks[:j + 1], "stop")
     # several stop ids: the first one generated wins
     got, got_toks, reason = joined(stream(eng, ids, greedy(stop_token_ids=[toks[9], toks[3]], ignore_eos=True)))
     assert got_toks == toks[:toks.index(toks[3]) + 1] and reason == "stop"
