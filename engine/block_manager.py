@@ -2,8 +2,8 @@
 
 Each sequence owns a block table (list of block ids); token t of the sequence lives in block
 `table[t // block_size]` at offset `t % block_size`. Blocks are reference counted so sequences with
-the same prompt prefix can share them (prefix caching): a *full* block is identified by a hash of its
-tokens chained with its predecessor's hash, so equal hashes mean equal whole prefixes. A block whose
+the same prompt prefix can share them (prefix caching): a *full* block is identified by a digest of
+its tokens chained with its predecessor's digest, so equal digests mean equal whole prefixes. A block whose
 count drops to zero goes to the back of the free queue but keeps its contents and hash: a later
 request with the same prefix can take it back, and only when a fresh block is needed is the
 least-recently freed one evicted (its hash forgotten).
@@ -13,6 +13,8 @@ num_blocks, at all times.
 """
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
 
 from engine.sequence import Sequence
@@ -27,10 +29,11 @@ class BlockManager:
         # Free blocks in eviction order (least recently freed first). OrderedDict: O(1) removal of a
         # cached block from the middle when a prefix hit takes it back.
         self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.block_hash: dict[int, int] = {}          # block id -> hash of its full contents
-        self.block_tokens: dict[int, tuple] = {}      # block id -> its tokens (to rule out collisions)
-        self.cached: dict[int, int] = {}              # hash -> block id
-        self.seq_hashes: dict[str, list[int]] = {}    # request id -> hashes of its full blocks
+        self._pack_tokens = struct.Struct(f"<{block_size}q").pack
+        self.block_hash: dict[int, bytes] = {}        # block id -> digest of its whole prefix
+        self.block_tokens: dict[int, tuple] = {}      # block id -> its tokens (checked at every hit too)
+        self.cached: dict[bytes, int] = {}            # digest -> block id
+        self.seq_hashes: dict[str, list[bytes]] = {}  # request id -> digests of its full blocks
         # Statistics for metrics/tests.
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -48,16 +51,20 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # ----- prefix cache --------------------------------------------------------------------------
-    @staticmethod
-    def _block_hash(parent: int, tokens: tuple) -> int:
-        """A full block's identity: its tokens chained with its predecessor's hash (0 for the first)."""
-        return hash((parent, tokens))
+    def _block_hash(self, parent: bytes, tokens: tuple) -> bytes:
+        """A full block's identity: a 128-bit BLAKE2b digest of its predecessor's digest (empty for
+        the first block) and its tokens. Not Python's hash(): ints hash modulo 2^61 - 1 and tuples
+        by a public, invertible mix, so prompts could be crafted whose chains collide with another
+        request's, and be served its KV cache (reading another user's prompt, or poisoning it: the
+        kind of hole vLLM fixed by moving to SHA-256, CVE-2025-25183). Comparing a block's own
+        tokens at a hit cannot catch that: the prefixes before it differ. ~0.8 us a block."""
+        return hashlib.blake2b(parent + self._pack_tokens(*tokens), digest_size=16).digest()
 
-    def _chain_hashes(self, token_ids: list[int], num_full_blocks: int, start_hashes: list[int]) -> list[int]:
+    def _chain_hashes(self, token_ids: list[int], num_full_blocks: int, start_hashes: list[bytes]) -> list[bytes]:
         hashes = list(start_hashes)
         bs = self.block_size
         for i in range(len(hashes), num_full_blocks):
-            parent = hashes[-1] if hashes else 0
+            parent = hashes[-1] if hashes else b""
             hashes.append(self._block_hash(parent, tuple(token_ids[i * bs:(i + 1) * bs])))
         return hashes
 
@@ -68,7 +75,7 @@ class BlockManager:
         if not self.prefix_caching:
             return []
         bs, ids, cached, block_tokens = self.block_size, seq.token_ids, self.cached, self.block_tokens
-        hits, parent = [], 0
+        hits, parent = [], b""
         for start in range(0, (seq.num_tokens - 1) // bs * bs, bs):
             tokens = tuple(ids[start:start + bs])
             parent = self._block_hash(parent, tokens)

@@ -161,6 +161,26 @@ def test_same_prefix_same_blocks():
     bm.free_sequence(a)
 
 
+def test_block_identity_is_a_digest_of_the_whole_prefix_not_pythons_hash():
+    """Python's hash() of (parent, tokens) confuses parents that differ by 2**61 - 1 (ints hash
+    modulo that prime), so two different prefixes could name the same cached block, and the
+    block's own tokens, compared at a hit, are equal by construction there. Digests do not."""
+    bm = BlockManager(16, BS)
+    block = tuple(range(BS))
+    p = 2**61 + 12345
+    assert hash((p, block)) == hash((p + 2**61 - 1, block))          # the old identity's weakness
+    a, b = (bm._block_hash(x.to_bytes(16, "little"), block) for x in (p, p + 2**61 - 1))
+    assert a != b and len(a) == 16
+    # chained: a change anywhere before a block changes its identity
+    base = toks(1, 2, 3)
+    hashes = bm._chain_hashes(base, 3, [])
+    for i in range(len(base)):
+        changed = base[:i] + [base[i] + 1] + base[i + 1:]
+        other = bm._chain_hashes(changed, 3, [])
+        assert all(other[j] != hashes[j] for j in range(i // BS, 3))
+        assert other[:i // BS] == hashes[:i // BS]
+
+
 def test_same_block_tokens_after_different_block_hash_differently():
     bm = BlockManager(16, BS)
     a = fake_seq(toks(1, 2) + [0], request_id="a")
