@@ -328,8 +328,12 @@ class RemoteEngineLoop:
         deliver_outputs(items, self._dead, self._abort_failed, yield_gil=False)
 
     def _abort_failed(self, request_id: str) -> None:
+        """A callback raised (deliver_outputs): forget the request and abort it in the child.
+        Its later outputs find no callback, so the `dead` mark that deliver_outputs keeps until
+        a final output goes by is not needed here (it would never be cleared)."""
         with self._lock:
             self._callbacks.pop(request_id, None)
+        self._dead.discard(request_id)
         self.abort(request_id)
 
 
@@ -420,10 +424,13 @@ def _child_main() -> None:
     fatal_sent = False
     try:
         while True:
+            # Checked at every message as well as when none comes: steady traffic (a submit or an
+            # abort more often than the poll timeout) kept a fatal error from ever being reported,
+            # and the stub side stayed "healthy".
+            if loop.fatal_error and not fatal_sent:
+                send(("fatal", loop.fatal_error))
+                fatal_sent = True
             if not conn.poll(0.2):
-                if loop.fatal_error and not fatal_sent:
-                    send(("fatal", loop.fatal_error))
-                    fatal_sent = True
                 continue
             message = conn.recv()
             kind = message[0]

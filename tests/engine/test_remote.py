@@ -107,6 +107,41 @@ def test_fatal_step_in_the_engine_process(gqa, remote, monkeypatch):
     wait_for(lambda: not loop.healthy)
 
 
+def test_a_fatal_step_is_reported_while_requests_keep_coming(gqa, remote, monkeypatch):
+    """The child reports its fatal error whatever the traffic: with a message from this side more
+    often than its poll timeout it once never did, and the loop stayed healthy under load."""
+    monkeypatch.setenv("LLM_FAULT_INJECTION", "fail_engine_after_steps=3")
+    loop = remote(gqa)
+    col = Collector()
+    loop.submit("a", PROMPTS[0], greedy(100), col.callback("a"))
+    col.wait(["a"])
+    assert col.outs["a"][-1].finish_reason == "error"
+    deadline = time.monotonic() + 10.0
+    while loop.healthy and time.monotonic() < deadline:
+        loop.abort("a")   # a message to the child every 50 ms
+        time.sleep(0.05)
+    assert not loop.healthy and "injected engine fault" in (loop.fatal_error or "")
+
+
+def test_a_raising_callback_loses_only_its_request_and_leaves_nothing_behind(gqa, remote):
+    loop = remote(gqa, response_threads=2)
+    calls = []
+
+    def bad(out):
+        calls.append(out)
+        raise ConnectionError("client went away")
+
+    col = Collector()
+    loop.submit("bad", PROMPTS[1], greedy(400), bad)
+    loop.submit("good", PROMPTS[2], greedy(12), col.callback("good"))
+    col.wait(["good"])
+    wait_for(lambda: loop.num_in_flight == 0 and loop.stats().kv_blocks_used == 0)   # aborted in the child
+    time.sleep(0.3)
+    assert len(calls) == 1, "the failed receiver must not be called again"
+    assert not loop._dead, "a failed request stays marked forever"
+    assert col.result("good")[2] == "length" and loop.healthy
+
+
 def test_shutdown_aborts_requests_in_flight(gqa, remote):
     loop = remote(gqa)
     col = Collector()
