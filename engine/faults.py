@@ -1,7 +1,9 @@
 """Test-only fault injection, OFF unless the server's environment sets LLM_FAULT_INJECTION, e.g.
 "fail_request_with_prompt=<marker>;fail_response_with_prompt=<marker>;fail_engine_after_steps=<N>":
 a request whose prompt contains the marker fails while being submitted / while its second response
-is built (both in the Triton adapter, model_repository/llm/1/model.py); the engine's step raises (a
+is built (both in the Triton adapter, model_repository/llm/1/model.py); `slow_submit_with_prompt`
+holds the adapter's admission thread for a second between registering a batch with that marker
+and submitting it (a wide window for a cancellation to arrive in); the engine's step raises (a
 fatal engine error, as a lost GPU would) after N steps, in the Python backend's process or in the
 engine's own process (engine/remote.py) alike. `device_fault_after_steps=<N>` makes a real one on a
 GPU: an out-of-bounds gather on the engine's device trips a device-side assert, which leaves that
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-KNOWN = {"fail_request_with_prompt", "fail_response_with_prompt", "fail_engine_after_steps",
-         "device_fault_after_steps"}
+KNOWN = {"fail_request_with_prompt", "fail_response_with_prompt", "slow_submit_with_prompt",
+         "fail_engine_after_steps", "device_fault_after_steps"}
 
 
 def parse_faults(spec: str | None = None) -> dict[str, str]:

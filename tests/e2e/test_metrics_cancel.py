@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from client import GenerateRequest, stream_grpc
@@ -53,7 +54,9 @@ def test_metrics_move_as_requests_run(server):
     assert after["vllm:prompt_tokens_total"] > before.get("vllm:prompt_tokens_total", 0)
     assert after["vllm:time_to_first_token_seconds_count"] >= before.get("vllm:time_to_first_token_seconds_count", 0) + n_requests
     assert after["vllm:e2e_request_latency_seconds_sum"] > before.get("vllm:e2e_request_latency_seconds_sum", 0)
-    assert after["vllm:time_per_output_token_seconds_count"] > before.get("vllm:time_per_output_token_seconds_count", 0)
+    # one inter-token observation per token after the first, also when outputs carried several
+    itl_count = "vllm:time_per_output_token_seconds_count"
+    assert after[itl_count] - before.get(itl_count, 0) == n_requests * (max_tokens - 1)
     for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
                   "llm_kv_cache_blocks_used", "vllm:gpu_prefix_cache_hit_rate", "llm_engine_healthy"):
         assert gauge in after, gauge
@@ -112,5 +115,49 @@ def test_cancellation_checks_never_race_the_final_response(tmp_path_factory, tin
         assert counts == [1 + i % 3 for i in range(400)]
         assert srv.process.poll() is None, srv.log()[-3000:]
         assert "Signal (11)" not in srv.log()
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.parametrize("engine_process", ["false", "true"])
+def test_a_cancellation_during_admission_stops_the_request(tmp_path_factory, tiny_model_dir, monkeypatch,
+                                                           engine_process):
+    """The client cancels while its request is between the adapter's registration and the engine
+    (held there a second by the test-only slow_submit fault): the watcher's abort reaches the
+    engine before the request does, where it does nothing. The request must still be stopped,
+    not run to max_tokens with nobody listening (its KV blocks held all the while)."""
+    from tests.conftest import start_server, stop_server, write_model_repository
+
+    monkeypatch.setenv("LLM_CANCEL_POLL_S", "0.05")
+    monkeypatch.setenv("LLM_FAULT_INJECTION", "slow_submit_with_prompt=SLOW-SUBMIT")
+    tmp = tmp_path_factory.mktemp("cancel_admission")
+    repo = write_model_repository(tmp, tiny_model_dir, num_kv_blocks="256", max_num_seqs="8",
+                                  max_model_len="2048", engine_process=engine_process)
+    srv = start_server(tmp, repo, tiny_model_dir)
+    try:
+        responses: queue.Queue = queue.Queue()
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        prompt = grpcclient.InferInput("text_input", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array(["SLOW-SUBMIT a long story"], dtype=np.object_))
+        stream = grpcclient.InferInput("stream", [1], "BOOL")
+        stream.set_data_from_numpy(np.array([True]))
+        params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+        params.set_data_from_numpy(np.array(['{"max_tokens": 2000, "ignore_eos": true}'], dtype=np.object_))
+        client.async_stream_infer(srv.model, [prompt, stream, params])
+        time.sleep(0.3)                            # in the admission thread's one-second hold
+        client.stop_stream(cancel_requests=True)
+        client.close()
+        wait_for(lambda: scrape(srv).get('vllm:request_success_total{finished_reason="cancelled"}', 0) >= 1)
+        # Stopped in the engine: no request running and no block held, long before 2,000 tokens
+        # could be generated (unfixed, the blocks in use grew for seconds). The gauges refresh
+        # every 0.5 s, so only samples taken a second later show the engine after the abort.
+        time.sleep(1.0)
+        for _ in range(3):
+            s = scrape(srv)
+            assert s["vllm:num_requests_running"] == 0 and s["llm_kv_cache_blocks_used"] == 0, s
+            time.sleep(0.3)
+        chunks = list(stream_grpc(srv.grpc_url, srv.model, GenerateRequest("still serving", max_tokens=4)))
+        assert sum(c.num_output_tokens for c in chunks) == 4
     finally:
         stop_server(srv)

@@ -182,8 +182,8 @@ class _Request:
         if out.token_ids:
             if self.t_first is None:
                 self.t_first = now
-            else:
-                self.metrics.token_gap((now - self.t_last) / len(out.token_ids))
+            else:   # one observation per token, as if they had come evenly since the last output
+                self.metrics.token_gaps((now - self.t_last) / len(out.token_ids), len(out.token_ids))
             self.t_last = now
         if out.finished:
             reason = "cancelled" if self.cancelled else ("error" if out.error else (out.finish_reason or "error"))
@@ -286,9 +286,12 @@ class TritonPythonModel:
         while not self._closing:
             time.sleep(CANCEL_POLL_S)
             for request_id, state in list(self._open.items()):
-                if state.cancelled_by_client():
-                    state.cancelled = True
-                    self.loop.abort(request_id)
+                try:
+                    if state.cancelled_by_client():
+                        state.cancelled = True
+                        self.loop.abort(request_id)
+                except Exception as e:   # one failed check must not end cancellations for everyone
+                    pb_utils.Logger.log_warn(f"llm: cancellation check of {request_id} failed: {e}")
 
     def _watch_engine(self, model_name: str, poll_s: float = 0.2) -> None:
         """After a fatal engine error every request in flight has its error and later ones are
@@ -357,6 +360,8 @@ class TritonPythonModel:
             return
         for request_id, _, _, state in ready:
             self._open[request_id] = state   # before submit: its outputs may come at once
+        if any(self._fault("slow_submit_with_prompt", prompt) for _, prompt, _, _ in ready):
+            time.sleep(1.0)   # LLM_FAULT_INJECTION (tests only): a cancellation arrives meanwhile
         try:
             results = self.loop.submit_many([(rid, prompt, params, state.on_output)
                                              for rid, prompt, params, state in ready])
@@ -368,6 +373,11 @@ class TritonPythonModel:
                 self._refuse(state.send_final, result)
             else:
                 state.num_input_tokens = result
+                if state.cancelled:
+                    # The watcher saw the cancellation while the batch was being submitted, and
+                    # its abort may have reached the engine before the request did (a no-op
+                    # there): the request would run to max_tokens with nobody listening.
+                    self.loop.abort(request_id)
 
     @staticmethod
     def _refuse(send_final, e: Exception) -> None:

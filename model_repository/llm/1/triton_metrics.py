@@ -7,7 +7,7 @@ request's responses go out (what the client sees); engine gauges are refreshed b
 Every metric update is a message to the Triton server process. Made by the thread that sends the
 responses, they were ~15% of its wall time at concurrency 128 on the H100 (py-spy,
 perf/results/2026-11-24-h100/served_host_path/10_stub_wall_profile/), time in which no response
-went out. So `token_gap` and `request_finished` only queue the observation; the metrics thread
+went out. So `token_gaps` and `request_finished` only queue the observation; the metrics thread
 applies queued observations at most every FLUSH_S (and at close), before refreshing the gauges.
 """
 from __future__ import annotations
@@ -77,15 +77,18 @@ class LLMMetrics:
         self._pending.append((reason, prompt_tokens, output_tokens, ttft_s, e2e_s))
         self._queued.set()
 
-    def token_gap(self, seconds: float) -> None:
-        self._pending.append(seconds)
+    def token_gaps(self, seconds: float, count: int) -> None:
+        """`count` tokens came `seconds` apart each (an output that carried several merged tokens)."""
+        self._pending.append((seconds, count))
         self._queued.set()
 
     def _apply_pending(self) -> None:
         while self._pending:
             item = self._pending.popleft()
-            if isinstance(item, float):
-                self.itl.observe(item)
+            if len(item) == 2:
+                seconds, count = item
+                for _ in range(count):
+                    self.itl.observe(seconds)
                 continue
             reason, prompt_tokens, output_tokens, ttft_s, e2e_s = item
             self.prompt_tokens.increment(prompt_tokens)
