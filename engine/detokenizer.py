@@ -17,19 +17,34 @@ time on the H100 machines (perf/results/2026-11-24-h100/serving_cpu/).
 from __future__ import annotations
 
 import codecs
+import weakref
 
 from tokenizers import Tokenizer, decoders
 
 REPLACEMENT = "\ufffd"
 CONTEXT_TOKENS = 5  # already-emitted tokens decoded again for context
+MAX_CONTINUATION_BYTES = 3   # a UTF-8 character is at most 4 bytes
+
+_continuation_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def continuation_byte_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    """The ids of a byte-fallback tokenizer's tokens for UTF-8 continuation bytes (SentencePiece's
+    "<0x80>" ... "<0xBF>", as in Llama 2 and Mistral); empty for other tokenizers."""
+    ids = _continuation_ids.get(tokenizer)
+    if ids is None:
+        found = (tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(0x80, 0xC0))
+        ids = _continuation_ids[tokenizer] = frozenset(i for i in found if i is not None)
+    return ids
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.skip_special = skip_special_tokens
-        self.tokens: list[int] = list(prompt_token_ids[-CONTEXT_TOKENS:])
-        self.prefix_offset = 0                # window start
+        self._continuation = continuation_byte_ids(tokenizer)
+        self.tokens: list[int] = list(prompt_token_ids[-(CONTEXT_TOKENS + MAX_CONTINUATION_BYTES):])
+        self.prefix_offset = self._at_character_start(max(0, len(self.tokens) - CONTEXT_TOKENS))   # window start
         self.read_offset = len(self.tokens)   # tokens before this are already emitted as text
 
     def add(self, token_id: int) -> str:
@@ -40,7 +55,7 @@ class IncrementalDetokenizer:
         if len(full) <= len(prefix) or full.endswith(REPLACEMENT):
             return ""  # incomplete character (or a token that decodes to nothing): wait
         new = full[len(prefix):]
-        self.prefix_offset = max(self.read_offset, len(self.tokens) - CONTEXT_TOKENS)
+        self.prefix_offset = self._at_character_start(max(self.read_offset, len(self.tokens) - CONTEXT_TOKENS))
         self.read_offset = len(self.tokens)
         # Drop what we no longer need, so a long generation costs O(1) per token.
         if self.prefix_offset > 64:
@@ -60,6 +75,16 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special)
+
+    def _at_character_start(self, offset: int) -> int:
+        """`offset` moved back off the continuation bytes of a byte-fallback character. A window
+        that began inside one decoded its bytes as an invalid run, and the ByteFallback decoder
+        turns every byte of an invalid run into U+FFFD: the bytes generated next, joining that
+        run, came out as U+FFFD too (a prompt ending in an emoji spelled in byte tokens)."""
+        low = max(0, offset - MAX_CONTINUATION_BYTES)
+        while offset > low and self.tokens[offset] in self._continuation:
+            offset -= 1
+        return offset
 
 
 class ByteLevelTokens:

@@ -214,3 +214,62 @@ def test_engine_uses_the_byte_level_detokenizer(checkpoint, engine_factory):
     seq = eng.add_request("b", eng.tokenize("Hi"), SamplingParams(max_tokens=4))
     assert eng.byte_tokens is not None and isinstance(seq.detokenizer, ByteLevelDetokenizer)
     eng.abort("b")
+
+
+# ----- SentencePiece with byte fallback (Llama 2, Mistral): the general detokenizer -----------------
+def _byte_fallback_tokenizer() -> Tokenizer:
+    """A small SentencePiece-style BPE: "▁" for spaces, a few merged pieces, and every byte as a
+    "<0xNN>" token for what the pieces cannot spell (emoji here)."""
+    from tokenizers import AddedToken, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    pieces = ["▁", "h", "i", "x", "é", "中", "▁h", "▁x", "hi", "▁hi", "▁é", "▁中"]
+    for piece in pieces:
+        vocab[piece] = len(vocab)
+    merges = [("▁", "h"), ("▁", "x"), ("h", "i"), ("▁h", "i"), ("▁", "é"), ("▁", "中")]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    return tok
+
+
+def _streamed_after_prompt(tok, prompt, out):
+    d = IncrementalDetokenizer(tok, prompt, True)
+    return "".join(d.add(t) for t in out) + d.flush()
+
+
+def test_byte_fallback_characters_right_after_the_prompt():
+    """A prompt ending in an emoji spelled in byte tokens: the window over its last tokens began
+    inside a character, and the ByteFallback decoder then turned the generated emoji's bytes into
+    U+FFFD as well."""
+    tok = _byte_fallback_tokenizer()
+    emoji = lambda text: [3 + b for b in text.encode()]   # noqa: E731
+    assert tok.decode(emoji("😀")) == "😀"
+    x = tok.token_to_id("▁x")
+    for prompt_tail in ("😀😀", "é😀", "中", "😀 hi"):
+        prompt = [1] + tok.encode("hi", add_special_tokens=False).ids + emoji(prompt_tail)
+        for out in (emoji("😀") + [x], emoji("中é") + [x], [x] + emoji("😀")):
+            expected = tok.decode(prompt + out)[len(tok.decode(prompt)):]
+            assert "\ufffd" not in expected
+            assert _streamed_after_prompt(tok, prompt, out) == expected, (prompt_tail, out)
+
+
+def test_byte_fallback_random_sequences():
+    """Random prompts and outputs mixing pieces and byte-spelled characters: the streamed text is
+    decode(prompt + output) less decode(prompt) wherever that is well defined."""
+    tok = _byte_fallback_tokenizer()
+    rng = random.Random()
+    for _ in range(1000):
+        def spell(n):
+            ids = []
+            for ch in rng.choices(["hi", " x", "é", "中", "😀", " "], k=n):
+                ids += [3 + b for b in ch.encode()] if rng.random() < 0.5 else tok.encode(ch, add_special_tokens=False).ids
+            return ids
+        prompt, out = [1] + spell(rng.randint(1, 6)), spell(rng.randint(1, 8))
+        full, head = tok.decode(prompt + out), tok.decode(prompt)
+        if "\ufffd" in full or not full.startswith(head):
+            continue
+        assert _streamed_after_prompt(tok, prompt, out) == full[len(head):], (prompt, out)
