@@ -167,12 +167,15 @@ class EngineLoop:
     def submit_many(self, requests: list[tuple[str, str | list[int], SamplingParams, OutputCallback]]
                     ) -> list[int | Exception]:
         """`submit` for each (request_id, prompt, params, on_output); each result is the prompt
-        length or the exception `submit` raised (RemoteEngineLoop sends such a batch as one message)."""
+        length or the exception `submit` raised (RemoteEngineLoop sends such a batch as one message).
+        Any exception, not only the expected ones: raised out of here, one request's failure would
+        fail the whole batch, including the requests already queued, which would then run for
+        nobody."""
         results: list[int | Exception] = []
         for request in requests:
             try:
                 results.append(self.submit(*request))
-            except (InvalidRequest, QueueFull, EngineDead) as e:
+            except Exception as e:
                 results.append(e)
         return results
 

@@ -324,5 +324,13 @@ def test_submit_many_queues_each_request_or_returns_its_error(gqa, engine_factor
     col.wait(["a", "b"])
     assert [col.result("a"), col.result("b")] == run_requests(engine_factory(gqa), [PROMPTS[0], PROMPTS[2]], greedy(8))
     assert "long" not in col.outs   # refused up front: no output
+    # an unexpected error for one request (here its tokenizer call) is that request's result only
+    real_tokenize = eng.tokenize
+    eng.tokenize = lambda p: (_ for _ in ()).throw(RuntimeError("tokenizer broke")) if p == "boom" else real_tokenize(p)
+    results = loop.submit_many([("c", PROMPTS[0], greedy(4), col.callback("c")),
+                                ("boom", "boom", greedy(4), col.callback("boom"))])
+    assert results[0] == len(eng.tokenize(PROMPTS[0])) and isinstance(results[1], RuntimeError)
+    col.wait(["c"])
+    assert col.result("c")[2] == "length" and "boom" not in col.outs
     loop.shutdown()
-    assert all(isinstance(r, EngineDead) for r in loop.submit_many([("c", PROMPTS[0], greedy(4), col.callback("c"))]))
+    assert all(isinstance(r, EngineDead) for r in loop.submit_many([("d", PROMPTS[0], greedy(4), col.callback("d"))]))
