@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, ModelLoadError
 from engine.detokenizer import ByteLevelTokens, make_detokenizer
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, make_current
 from engine.sampler import SampledTokens, Sampler
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -194,6 +194,7 @@ class LLMEngine:
         scheduled once more; that extra token is discarded, never reported. Penalties need every
         previous token on the host, so a step with a penalized request reads the last one first.
         """
+        make_current(self.runner.device)   # steps may run on any thread (EngineLoop's, the caller's)
         outputs: list[RequestOutput] = []
         if self._in_flight is not None and (not self.config.overlaps_steps or self._in_flight.needs_host_tokens):
             outputs += self._read_tokens(self._in_flight)

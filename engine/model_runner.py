@@ -16,6 +16,16 @@ from engine.step_shapes import ShapeBuckets, StepShape, step_inputs
 log = logging.getLogger(__name__)
 
 
+def make_current(device: torch.device) -> None:
+    """Make `device` this thread's current CUDA device. CUDA's current device is per host thread
+    and a new thread starts on device 0, while event records, current_stream() and Triton's
+    launches all follow the current device: an engine on cuda:1 stepped from another thread would
+    record its events on device 0's idle stream (its tokens read before they arrive) and launch
+    its Triton kernels there."""
+    if device.type == "cuda" and torch.cuda.current_device() != device.index:
+        torch.cuda.set_device(device)
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_cfg: ModelConfig, max_model_len: int):
         from kernels import get_ops  # the Triton kernels on CUDA, their PyTorch references on CPU
@@ -26,7 +36,7 @@ class ModelRunner:
         if self.device.type == "cuda":
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(self.device)
+            make_current(self.device)
         self.dtype = config.resolved_dtype()
         self.block_size = config.block_size
         self.max_model_len = max_model_len

@@ -186,3 +186,26 @@ def test_prompt_chunks_with_the_gpu_behind_the_host(tiny_model_dir, async_schedu
         return out.token_ids
 
     assert run(0.02) == run(0.0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_an_engine_on_a_second_gpu_stepped_from_its_loop_thread(tiny_model_dir):
+    """The engine thread starts on device 0: the engine must make its own device current there
+    (events, streams and Triton launches follow it). Same tokens as the engine's own generate()."""
+    from engine import EngineLoop
+    from test_loop import Collector
+
+    engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda:1", dtype="float32",
+                                    max_num_seqs=8, num_kv_blocks=256))
+    params = [SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=16, ignore_eos=True)]
+    expected = [c.token_ids for c in engine.generate(PROMPTS[:2], params)]
+    loop = EngineLoop(engine).start()
+    try:
+        col = Collector()
+        for i, p in enumerate(params):
+            loop.submit(str(i), PROMPTS[i], p, col.callback(str(i)))
+        col.wait(["0", "1"])
+        assert [col.result(str(i))[1] for i in range(2)] == expected
+    finally:
+        loop.shutdown()

@@ -35,3 +35,27 @@ def test_prepare_packs_each_sequence_s_current_block_table(engine_factory, gqa):
     b.block_table_array = None
     while eng.has_unfinished():
         eng.step()
+
+
+def test_make_current_sets_the_device_of_the_calling_thread(monkeypatch):
+    """CUDA's current device is per thread (a new thread starts on 0): an engine on cuda:1 stepped
+    from its loop's thread must make cuda:1 current there first (LLMEngine.step calls this)."""
+    import torch
+
+    from engine.model_runner import make_current
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    make_current(torch.device("cuda", 1))
+    make_current(torch.device("cuda", 0))   # already current: nothing to do
+    make_current(torch.device("cpu"))
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_engine_steps_make_its_device_current(engine_factory, gqa, monkeypatch):
+    import engine.engine as engine_module
+    seen = []
+    monkeypatch.setattr(engine_module, "make_current", lambda device: seen.append(device))
+    eng = engine_factory(gqa)
+    eng.generate(["hello"], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+    assert seen and all(d == eng.runner.device for d in seen)
