@@ -134,17 +134,19 @@ class Sampler:
                 continue
             assert s.num_pending == 0, "penalties need every previous token on the host"
             row = logits[i]
+            # Token lists reach the device through pinned memory and counts by scatter_add_ (a
+            # copy from pageable memory, or a CUDA bincount, which reads its max back, would wait
+            # for the whole step just launched).
             if p.repetition_penalty != 1.0:
                 # HF/vLLM semantics: every token seen in prompt or output is made less likely.
-                seen = torch.tensor(sorted(set(s.token_ids)), device=row.device, dtype=torch.long)
+                seen = self._to_device(sorted(set(s.token_ids)), torch.long)
                 vals = row[seen]
                 row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-            if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            if (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0) and s.num_output_tokens:
                 # OpenAI semantics: output tokens only, by presence and by count.
-                out = torch.tensor(s.output_token_ids, device=row.device, dtype=torch.long)
-                if out.numel():
-                    counts = torch.bincount(out, minlength=row.numel()).to(row.dtype)
-                    row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+                out = self._to_device(s.output_token_ids, torch.long)
+                counts = torch.zeros_like(row).scatter_add_(0, out, torch.ones_like(out, dtype=row.dtype))
+                row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
         return logits
 
     @staticmethod
@@ -154,15 +156,18 @@ class Sampler:
         return [i for i, s in enumerate(seqs)
                 if s.holds_stop_tokens and s.num_tokens - s.num_prompt_tokens < s.params.min_tokens]
 
-    @staticmethod
-    def _block_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:
+    def _block_stop_tokens(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:
         """min_tokens: until a request has that many tokens, its stop tokens (in `rows`, from
-        _stop_blocked_rows) cannot be drawn."""
-        if rows:
-            logits = logits.clone()
-            for i in rows:
-                ids = [t for t in seqs[i].stop_ids if t < logits.shape[1]]
-                logits[i, ids] = float("-inf")
+        _stop_blocked_rows) cannot be drawn. One indexed write for all rows, its indices copied
+        from pinned memory (indexing with a Python list copies from pageable memory, which waits
+        for the step just launched, every step of every such request)."""
+        if not rows:
+            return logits
+        cells = [(i, t) for i in rows for t in seqs[i].stop_ids if t < logits.shape[1]]
+        logits = logits.clone()
+        if cells:
+            index = self._to_device([c for cell in cells for c in cell], torch.long).view(-1, 2)
+            logits[index[:, 0], index[:, 1]] = float("-inf")   # the scalar is filled on the device
         return logits
 
     def _filtered_probs(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

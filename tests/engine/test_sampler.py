@@ -359,3 +359,33 @@ def test_min_tokens_through_the_engine(checkpoint, engine_factory):
     assert stop not in held[:6]
     assert len(held) >= 6
     assert reason == ("stop" if held[-1] == stop else "length")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampling_queues_work_without_waiting_for_the_gpu():
+    """sample() only queues device work (the engine launches the next step meanwhile): no
+    synchronizing call for any mix of options, min_tokens and penalties included (torch's sync
+    debug mode raises on each). A spin kernel ahead keeps the GPU busy throughout."""
+    gpu = torch.device("cuda")
+    vocab = 1000
+    options = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, logprobs=3),
+               SamplingParams(temperature=0.9, top_k=20, top_p=0.8),
+               SamplingParams(temperature=0.7, seed=11),
+               SamplingParams(temperature=0.0, min_tokens=5, stop_token_ids=[3, 7, 999]),
+               SamplingParams(temperature=0.8, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2)]
+    seqs = [fake_seq([5, 6, 7, 8, 9, 10], p, request_id=str(i), num_prompt=4, eos=(2,))
+            for i, p in enumerate(options)]
+    sampler = Sampler(gpu, 0)
+    logits = torch.randn(len(seqs), vocab, device=gpu)
+    expected = sampler(logits.clone(), seqs)   # warm-up (allocations, kernels) and the reference
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = sampler.sample(logits.clone(), seqs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = pending.result()
+    greedy_rows = [0, 1, 4]
+    assert [got.token_ids[i] for i in greedy_rows] == [expected.token_ids[i] for i in greedy_rows]
+    assert got.token_ids[4] not in (2, 3, 7, 999)
