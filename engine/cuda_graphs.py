@@ -94,7 +94,9 @@ class StepGraphs:
 
     def greedy(self, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The last replay's greedy tokens of every row (int64 [S]) and [tokens | log-probs]
-        (float64 [2S]); valid until the next replay, like the logits."""
+        (float64 [2S]); valid until the next replay of any graph, like the logits (the ids live
+        in the graphs' shared memory pool, where another graph's scratch may lie: the engine
+        reads them, as the next step's prev_tokens, on the stream before that step's replay)."""
         ids = self.greedy_ids.get(shape)
         return None if ids is None else (ids, self.greedy_out[:2 * shape.num_seqs])
 
