@@ -158,16 +158,17 @@ class Sampler:
 
     def _block_stop_tokens(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:
         """min_tokens: until a request has that many tokens, its stop tokens (in `rows`, from
-        _stop_blocked_rows) cannot be drawn. One indexed write for all rows, its indices copied
-        from pinned memory (indexing with a Python list copies from pageable memory, which waits
-        for the step just launched, every step of every such request)."""
+        _stop_blocked_rows) cannot be drawn. One index_fill_ over the flattened logits for all
+        rows, its indices copied from pinned memory: indexing with a Python list, or assigning a
+        scalar through advanced indexing (index_put_ copies the scalar from pageable memory), waits
+        for the step just launched, every step of every such request."""
         if not rows:
             return logits
-        cells = [(i, t) for i in rows for t in seqs[i].stop_ids if t < logits.shape[1]]
-        logits = logits.clone()
-        if cells:
-            index = self._to_device([c for cell in cells for c in cell], torch.long).view(-1, 2)
-            logits[index[:, 0], index[:, 1]] = float("-inf")   # the scalar is filled on the device
+        vocab = logits.shape[1]
+        flat = [i * vocab + t for i in rows for t in seqs[i].stop_ids if t < vocab]
+        logits = logits.clone()   # contiguous, so view(-1) addresses row i at i * vocab
+        if flat:
+            logits.view(-1).index_fill_(0, self._to_device(flat, torch.long), float("-inf"))
         return logits
 
     def _filtered_probs(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
