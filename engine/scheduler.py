@@ -113,6 +113,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         self._pairs_left = self.attention_budget
         block_size = self.bm.block_size
+        deferred = False   # a sequence waits for a block this step: admit nothing that takes one
         i = 0
         # Runs for every running sequence every step: a decode (one token left to compute, which
         # needs a new block once every block_size steps) takes the short path.
@@ -129,6 +130,13 @@ class Scheduler:
                 continue
             target = seq.num_computed_tokens + n
             if len(seq.block_table) * block_size < target:
+                if seq.num_pending and not self.bm.can_grow(seq, target):
+                    # Its last token is in flight and may end it (EOS, a stop string): preempting
+                    # another request for it now could recompute that one's context for nothing.
+                    # Skip it a step; its token is read meanwhile and the next step decides.
+                    deferred = True
+                    i += 1
+                    continue
                 if not self._make_room(seq, target, batch):
                     break  # `seq` itself was preempted; everything after it already was
                 self.bm.grow(seq, target)
@@ -137,9 +145,9 @@ class Scheduler:
             budget -= n
             i += 1
 
-        # Admit new work only if nothing had to be preempted: otherwise we would evict and
-        # re-admit in a loop.
-        while (not batch.preempted and self.waiting and budget > 0
+        # Admit new work only if nothing had to be preempted or wait for a block: otherwise we
+        # would evict and re-admit in a loop.
+        while (not batch.preempted and not deferred and self.waiting and budget > 0
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
             cached = self.bm.find_cached_prefix(seq)

@@ -236,6 +236,33 @@ def test_preemption_completes_every_request_with_identical_output(gqa, ids, engi
             assert joined(outs[f"r{i}"]) == expected[i], f"request {i} (prefix caching {caching})"
 
 
+def test_a_token_in_flight_that_ends_its_request_preempts_nobody(gqa, ids, engine_factory):
+    """Asynchronous scheduling schedules a sequence once more while its last token is in flight.
+    When that token ends it (a stop token here) and the extra step needed a new block, no other
+    request may be preempted for it: the KV cache holds exactly what both requests compute when
+    run one step at a time, so any preemption recomputes a context for nothing."""
+    block = 4
+    first = alone(engine_factory, gqa, ids[0], greedy(16))[1]
+    # A stop position whose token is new, and whose extra in-flight step crosses a block boundary.
+    j = next(j for j in range(1, 16) if first[j] not in first[:j] and (len(ids[0]) + j) % block == 0)
+    stop_at = SamplingParams(temperature=0.0, max_tokens=j + 2, stop_token_ids=[first[j]])
+    # Step 1 prefills both; step j + 2 is the extra one, where "other" computes position
+    # len(other) + j. The cache is full then: nothing is free for "stops" to grow into.
+    other_prompt = next(ids[1][:n] for n in range(9, 30) if (n + j) % block)
+    blocks = -(-(len(ids[0]) + j) // block) + -(-(len(other_prompt) + j + 1) // block)
+    other_new = block * blocks - len(other_prompt)   # it fits alone once "stops" is done
+    expected_other = alone(engine_factory, gqa, other_prompt, greedy(other_new))
+    for async_scheduling in (False, True):
+        eng = engine_factory(gqa, num_kv_blocks=blocks, block_size=block, async_scheduling=async_scheduling,
+                             enable_prefix_caching=False)
+        eng.add_request("stops", ids[0], stop_at)
+        eng.add_request("other", other_prompt, greedy(other_new))
+        outs = drive(eng)
+        assert joined(outs["stops"])[1] == first[:j + 1]
+        assert joined(outs["other"]) == expected_other
+        assert eng.scheduler.num_preemptions == 0, f"async_scheduling={async_scheduling}"
+
+
 def test_preempted_request_is_recomputed_from_the_front_of_the_queue(gqa, ids, engine_factory):
     eng = engine_factory(gqa, num_kv_blocks=6, block_size=8)   # 48 tokens
     log = record_batches(eng)
