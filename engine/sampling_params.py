@@ -101,8 +101,10 @@ class SamplingParams:
             bad("top_k", f"must be -1 (off) or positive, got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             bad("seed", f"must be in [0, 2**63), got {self.seed}")
-        if not 0.0 < self.repetition_penalty <= 10.0:
-            bad("repetition_penalty", f"must be in (0, 10], got {self.repetition_penalty}")
+        # vLLM accepts any positive value, but dividing logits by ~1e-300 overflows them to inf
+        # and the request silently samples NaNs (token 0 forever): 0.01 already multiplies by 100.
+        if not 0.01 <= self.repetition_penalty <= 10.0:
+            bad("repetition_penalty", f"must be in [0.01, 10], got {self.repetition_penalty}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 bad(name, f"must be in [-2, 2], got {getattr(self, name)}")

@@ -135,6 +135,8 @@ def test_wrong_types(obj, field):
     ({"seed": -1}, "seed"),
     ({"seed": 2**63}, "seed"),
     ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ({"repetition_penalty": 0.0099}, "repetition_penalty"),
     ({"repetition_penalty": 10.5}, "repetition_penalty"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"frequency_penalty": -2.01}, "frequency_penalty"),
@@ -152,6 +154,7 @@ def test_out_of_range(obj, field):
 @pytest.mark.parametrize("obj", [
     {"max_tokens": 1}, {"min_tokens": 16}, {"temperature": 0}, {"temperature": 100}, {"top_p": 1},
     {"top_p": 1e-9}, {"seed": 0}, {"seed": 2**63 - 1}, {"repetition_penalty": 10},
+    {"repetition_penalty": 0.01},
     {"presence_penalty": -2}, {"frequency_penalty": 2}, {"stop": ["x" * MAX_STOP_STRING_CHARS]},
     {"stop": [str(i) for i in range(MAX_STOP_STRINGS)]}, {"logprobs": 0}, {"logprobs": MAX_LOGPROBS},
     {"stop_token_ids": []}, {"stop": []},
