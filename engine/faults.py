@@ -8,14 +8,16 @@ fatal engine error, as a lost GPU would) after N steps, in the Python backend's 
 engine's own process (engine/remote.py) alike. `device_fault_after_steps=<N>` makes a real one on a
 GPU: an out-of-bounds gather on the engine's device trips a device-side assert, which leaves that
 process's CUDA context unusable, as a faulty kernel would (on the CPU the same gather raises
-IndexError). Used by tests/reliability/test_faults.py.
+IndexError). `fail_delivery_after_rounds=<N>`: the engine process's send of its (N+1)-th round of
+outputs to the stub raises (engine/remote.py). Used by tests/reliability/test_faults.py and
+tests/engine/test_remote.py.
 """
 from __future__ import annotations
 
 import os
 
 KNOWN = {"fail_request_with_prompt", "fail_response_with_prompt", "slow_submit_with_prompt",
-         "fail_engine_after_steps", "device_fault_after_steps"}
+         "fail_engine_after_steps", "device_fault_after_steps", "fail_delivery_after_rounds"}
 
 
 def parse_faults(spec: str | None = None) -> dict[str, str]:

@@ -36,6 +36,7 @@ tools/serve.py); the repository root goes on its PYTHONPATH.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -57,7 +58,7 @@ from engine.engine import EngineStats, RequestLimits, check_request, load_tokeni
 from engine.loop import EngineDead, EngineLoop, deliver_outputs, error_kind_of, merge_outputs, rest_after_delivery
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
-from engine.sequence import RequestOutput
+from engine.sequence import ERROR_UNAVAILABLE, RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -262,14 +263,24 @@ class RemoteEngineLoop:
         except (EOFError, OSError):
             pass
         except Exception:
+            # Outputs may have been lost: fail everything in flight (below) and stop the child,
+            # which would otherwise keep its memory (the GPU's) serving nobody.
+            self.fatal_error = f"engine receiver failed: {traceback.format_exc(limit=1).strip()}"
             log.error("engine receiver failed:\n%s", traceback.format_exc())
+            if self._proc is not None:
+                self._proc.kill()
         finally:
             self._end_of_outputs()
 
     def _end_of_outputs(self) -> None:
         """The child sends nothing more (bye, crash, kill): fail what is still in flight."""
         if not self._stopping and self.fatal_error is None:
-            code = self._proc.poll() if self._proc else None
+            code = None
+            if self._proc is not None:
+                try:
+                    code = self._proc.wait(2.0)   # its end of the socket closes just before it exits
+                except subprocess.TimeoutExpired:
+                    pass
             self.fatal_error = f"the engine process exited unexpectedly (exit code {code})"
         for shard in self._shards:
             shard.close()
@@ -298,13 +309,17 @@ class RemoteEngineLoop:
             # The stub's main thread (Triton's execute: new requests) needs the GIL too: rest as
             # EngineLoop's delivery does, while outputs arriving meanwhile merge.
             rest_after_delivery(time.perf_counter() - started)
-        # This shard's requests that the child never finished (it died): an error each.
+        # This shard's requests that the child never finished: an error each. After a shutdown
+        # (the child's own abort timed out) they may be retried elsewhere, as EngineLoop's
+        # aborted ones; after a crash they fail as in EngineLoop's fatal step.
         message = self.fatal_error or "the engine is shutting down"
+        kind = None if self.fatal_error else ERROR_UNAVAILABLE
         with self._lock:
             pending = [(rid, cb) for rid, cb in self._callbacks.items() if self._shard_of(rid) is shard]
             for rid, _ in pending:
                 del self._callbacks[rid]
-        self._deliver_to([(cb, RequestOutput(rid, "", [], True, "error", error=message)) for rid, cb in pending])
+        self._deliver_to([(cb, RequestOutput(rid, "", [], True, "error", error=message, error_kind=kind))
+                          for rid, cb in pending])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         groups: dict[str, list[RequestOutput]] = {}   # a request's outputs, in order
@@ -393,6 +408,9 @@ def _python_executable() -> str:
 
 
 # ----- the child process -------------------------------------------------------------------------
+DELIVERY_FAILED_EXIT_CODE = 70
+
+
 def _child_main() -> None:
     conn = Client(os.environ["LLM_ENGINE_ADDRESS"], family="AF_UNIX",
                   authkey=bytes.fromhex(os.environ["LLM_ENGINE_AUTHKEY"]))
@@ -407,16 +425,32 @@ def _child_main() -> None:
     # hand-over behind the busy engine thread (~30 ms a request, throttling admission).
     sys.setswitchinterval(0.0005)
     _, config = conn.recv()
+    from engine.faults import inject_engine_fault, parse_faults
     try:
         from engine.engine import LLMEngine
-        from engine.faults import inject_engine_fault, parse_faults
         engine = LLMEngine(config)
         inject_engine_fault(engine, parse_faults())
     except Exception as e:
         send(("init_failed", f"{type(e).__name__}: {e}"))
         return
-    loop = EngineLoop(engine, deliver_batch=lambda outs: send(
-        ("outputs", (encode_outputs(outs), astuple(engine.stats())))))
+    failing_round = int(parse_faults().get("fail_delivery_after_rounds", -1))
+    rounds = itertools.count()
+
+    def deliver(outs: list[RequestOutput]) -> None:
+        try:
+            if next(rounds) == failing_round:
+                raise RuntimeError("injected delivery fault (LLM_FAULT_INJECTION)")
+            send(("outputs", (encode_outputs(outs), astuple(engine.stats()))))
+        except BaseException:
+            # A round that did not reach the stub (its finals included) would leave its clients
+            # waiting forever, and a failed send may have left half a message on the socket:
+            # exit, so the stub fails every request in flight and reports the engine dead.
+            log.critical("sending outputs to the stub failed; the engine process exits:\n%s",
+                         traceback.format_exc())
+            logging.shutdown()
+            os._exit(DELIVERY_FAILED_EXIT_CODE)
+
+    loop = EngineLoop(engine, deliver_batch=deliver)
     loop.start()
     send(("ready", {"num_blocks": engine.runner.num_blocks, "max_model_len": engine.max_model_len,
                     "block_size": config.block_size, "kv_capacity_tokens": engine.kv_capacity_tokens,

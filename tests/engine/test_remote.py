@@ -15,7 +15,7 @@ import time
 import pytest
 
 from engine import EngineConfig, EngineDead, InvalidRequest, QueueFull, SamplingParams
-from engine.remote import RemoteEngineLoop, shard_index
+from engine.remote import DELIVERY_FAILED_EXIT_CODE, RemoteEngineLoop, shard_index
 from engine_testing import PROMPTS, make_engine, run_requests
 from test_loop import Collector, wait_for
 
@@ -121,6 +121,23 @@ def test_a_fatal_step_is_reported_while_requests_keep_coming(gqa, remote, monkey
         loop.abort("a")   # a message to the child every 50 ms
         time.sleep(0.05)
     assert not loop.healthy and "injected engine fault" in (loop.fatal_error or "")
+
+
+def test_a_round_of_outputs_that_cannot_be_sent_fails_every_request_in_flight(gqa, remote, monkeypatch):
+    """A lost round would leave its requests (and their finals) unanswered forever: the engine
+    process exits instead, and every request in flight gets an error output."""
+    monkeypatch.setenv("LLM_FAULT_INJECTION", "fail_delivery_after_rounds=2")
+    loop = remote(gqa)
+    col = Collector()
+    for rid, p in (("a", PROMPTS[0]), ("b", PROMPTS[1])):
+        loop.submit(rid, p, greedy(200), col.callback(rid))
+    col.wait(["a", "b"])
+    for rid in ("a", "b"):
+        last = col.outs[rid][-1]
+        assert last.finished and last.finish_reason == "error", last
+        assert f"exit code {DELIVERY_FAILED_EXIT_CODE}" in last.error
+    wait_for(lambda: not loop.healthy)
+    assert loop.num_in_flight == 0
 
 
 def test_a_raising_callback_loses_only_its_request_and_leaves_nothing_behind(gqa, remote):
