@@ -79,6 +79,16 @@ def test_full_waiting_queue_answers_unavailable(tmp_path_factory, tiny_model_dir
         assert refused and served, results
         assert all("queue is full" in msg for msg in refused), refused
         assert all(n == 30 for n in served)
+        with pytest.raises(ClientError):
+            list(stream_grpc(srv.grpc_url, srv.model, GenerateRequest("bad", max_tokens=0)))
+        # Refusals are counted as rejections by reason (in both engine modes: the engine process
+        # may refuse after queueing), never as finished requests.
+        rejected = 'llm_requests_rejected_total{reason="%s"}'
+        s = wait_for(lambda: (m := scrape(srv)).get(rejected % "invalid_argument", 0) >= 1 and m)
+        assert s[rejected % "unavailable"] == len(refused)
+        assert s[rejected % "invalid_argument"] == 1 and s[rejected % "internal"] == 0
+        assert s.get('vllm:request_success_total{finished_reason="error"}', 0) == 0
+        assert s['vllm:request_success_total{finished_reason="length"}'] == len(served)
     finally:
         stop_server(srv)
 

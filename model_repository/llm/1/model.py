@@ -39,6 +39,9 @@ from engine.sequence import ERROR_INVALID_REQUEST, ERROR_UNAVAILABLE, RequestOut
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # How often the cancellation watcher asks Triton about every open request (see
 # TritonPythonModel._watch_cancellations): a cancelled stream is stopped at most this much later.
+# RequestOutput.error_kind of a request the engine refused after it was queued -> the
+# llm_requests_rejected_total reason (the same as for one the adapter refuses up front).
+REJECT_REASON = {ERROR_INVALID_REQUEST: "invalid_argument", ERROR_UNAVAILABLE: "unavailable"}
 CANCEL_POLL_S = float(os.environ.get("LLM_CANCEL_POLL_S", "0.1"))
 BOOL_INPUTS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
                "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")
@@ -196,6 +199,11 @@ class _Request:
         if self.counted:
             return
         self.counted = True
+        if out.error_kind is not None and not self.cancelled and self.t_first is None:
+            # Refused after it was queued (the engine process's own queue check): a rejection, as
+            # when the adapter refuses it up front, not a finished request.
+            self.metrics.request_rejected(REJECT_REASON[out.error_kind])
+            return
         now = time.monotonic()
         self.metrics.request_finished(reason, out.num_input_tokens or self.num_input_tokens,
                                       out.num_output_tokens,
@@ -379,17 +387,17 @@ class TritonPythonModel:
                     # there): the request would run to max_tokens with nobody listening.
                     self.loop.abort(request_id)
 
-    @staticmethod
-    def _refuse(send_final, e: Exception) -> None:
+    def _refuse(self, send_final, e: Exception) -> None:
         """Send the final (error) response of a request that was never queued in the engine."""
         if isinstance(e, InvalidRequest):
-            response = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+            response, reason = _error(str(e), pb_utils.TritonError.INVALID_ARG), "invalid_argument"
         elif isinstance(e, QueueFull):
-            response = _error(str(e), pb_utils.TritonError.UNAVAILABLE)
+            response, reason = _error(str(e), pb_utils.TritonError.UNAVAILABLE), "unavailable"
         elif isinstance(e, EngineDead):
-            response = _error(f"the engine has stopped: {e}", pb_utils.TritonError.UNAVAILABLE)
+            response, reason = _error(f"the engine has stopped: {e}", pb_utils.TritonError.UNAVAILABLE), "unavailable"
         else:   # a bug handling one request must not take the others down
-            response = _error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+            response, reason = _error(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL), "internal"
+        self.metrics.request_rejected(reason)
         try:
             send_final(response)
         except Exception as send_error:   # the client is gone; nothing else to tell

@@ -23,6 +23,7 @@ LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0
 ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
+REJECT_REASONS = ("invalid_argument", "unavailable", "internal")
 FLUSH_S = 0.02   # the longest a queued observation waits before it reaches Triton's metrics
 
 
@@ -55,6 +56,11 @@ class LLMMetrics:
             labels=labels, buckets=LATENCY_BUCKETS)
         success = _family("vllm:request_success_total", "Finished requests by finish reason", C)
         self.finished = {r: success.Metric(labels={**labels, "finished_reason": r}) for r in FINISH_REASONS}
+        # Triton counts a decoupled request as a success once execute() took it, refused or not:
+        # this is where bad input (invalid_argument) and overload or a dead engine (unavailable)
+        # show up. A refused request is not in vllm:request_success_total.
+        rejected = _family("llm_requests_rejected_total", "Requests refused before generating (by reason)", C)
+        self.rejected = {r: rejected.Metric(labels={**labels, "reason": r}) for r in REJECT_REASONS}
         self.running = _family("vllm:num_requests_running", "Requests in the running batch", G).Metric(labels=gauge_labels)
         self.waiting = _family("vllm:num_requests_waiting", "Requests waiting to be scheduled", G).Metric(labels=gauge_labels)
         self.kv_usage = _family("vllm:gpu_cache_usage_perc", "KV-cache usage (0-1; CPU cache too)", G).Metric(labels=gauge_labels)
@@ -77,6 +83,10 @@ class LLMMetrics:
         self._pending.append((reason, prompt_tokens, output_tokens, ttft_s, e2e_s))
         self._queued.set()
 
+    def request_rejected(self, reason: str) -> None:
+        self._pending.append((reason,))
+        self._queued.set()
+
     def token_gaps(self, seconds: float, count: int) -> None:
         """`count` tokens came `seconds` apart each (an output that carried several merged tokens)."""
         self._pending.append((seconds, count))
@@ -85,6 +95,9 @@ class LLMMetrics:
     def _apply_pending(self) -> None:
         while self._pending:
             item = self._pending.popleft()
+            if len(item) == 1:
+                self.rejected.get(item[0], self.rejected["internal"]).increment(1)
+                continue
             if len(item) == 2:
                 seconds, count = item
                 for _ in range(count):
