@@ -273,3 +273,95 @@ def test_byte_fallback_random_sequences():
         if "\ufffd" in full or not full.startswith(head):
             continue
         assert _streamed_after_prompt(tok, prompt, out) == full[len(head):], (prompt, out)
+
+
+# ----- the streamed text is tokenizer.decode(output ids), whatever the prompt ends with -----------
+def _fresh_rng():
+    """A new seed each run (printed with a failure, to replay it)."""
+    seed = random.randrange(2 ** 32)
+    return random.Random(seed), seed
+
+
+def check_streams_decode(expected, d, out):
+    """Feed `out` to detokenizer `d`: every piece stays a prefix of the final text (nothing shown
+    is ever contradicted later), and all of it is `expected`."""
+    emitted = ""
+    for t in out:
+        emitted += d.add(t)
+        assert expected.startswith(emitted), (emitted, expected)
+    emitted += d.flush()
+    assert emitted == expected
+    assert d.flush() == ""
+
+
+def test_random_prompts_and_outputs_byte_level(tok, make):
+    """Prompts that end inside a character (random token ids, mostly multi-byte pieces): the
+    output's first bytes must not join the prompt's unfinished character. Both detokenizers."""
+    rng, seed = _fresh_rng()
+    vocab = tok.get_vocab_size()
+    non_ascii = [i for i in range(vocab) if any(b >= 0x80 for b in token_bytes(tok, i))]
+    assert len(non_ascii) > 20
+    for _ in range(2000):
+        pool = non_ascii if rng.random() < 0.7 else range(vocab)
+        prompt = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        out = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        skip = rng.random() < 0.8
+        check_streams_decode(tok.decode(out, skip_special_tokens=skip), make(prompt, skip), out)
+    print("seed", seed)
+
+
+def test_random_prompts_and_outputs_byte_fallback():
+    """The same with a byte-fallback tokenizer, whose decoder turns every byte of an invalid run of
+    byte tokens into U+FFFD, characters already complete included: a run is final only once it
+    ends. The text is decode(output) but for a leading space, kept as the output continues the
+    prompt (decode strips it at the start of a text): decode after a stand-in token, less its text."""
+    tok = _byte_fallback_tokenizer()
+    rng, seed = _fresh_rng()
+    vocab = tok.get_vocab_size()
+    x = tok.token_to_id("▁x")
+    byte = lambda b: 3 + b   # noqa: E731
+    pieces = list(range(3 + 256, vocab))
+
+    def spell(n):
+        ids = []
+        for _ in range(n):
+            r = rng.random()
+            if r < 0.3:
+                ids += [byte(b) for b in rng.choice(["😀", "é", "中", "hi", "\ufffd"]).encode()]
+            elif r < 0.55:
+                ids.append(byte(rng.choice([0x80, 0xA6, 0xBF, 0xC3, 0xE4, 0xE6, 0xF0, 0xF5, 0x41])))
+            elif r < 0.65:
+                ids.append(rng.choice([1, 2, vocab + 3]))   # special tokens, an id past the vocabulary
+            else:
+                ids.append(rng.choice(pieces))
+        return ids
+
+    for _ in range(3000):
+        prompt = [1] + spell(rng.randint(0, 8))
+        out = spell(rng.randint(1, 10))
+        skip = rng.random() < 0.8
+        expected = tok.decode([x] + out, skip_special_tokens=skip)[len("x"):]
+        check_streams_decode(expected, IncrementalDetokenizer(tok, prompt, skip), out)
+    print("seed", seed)
+
+
+def test_byte_fallback_output_bytes_do_not_join_the_prompt():
+    tok = _byte_fallback_tokenizer()
+    spelled = lambda text: [3 + b for b in text.encode()]   # noqa: E731
+    hi, x = tok.token_to_id("▁hi"), tok.token_to_id("▁x")
+    cases = [
+        # the prompt ends inside a character that the output's first byte would complete
+        ([1, hi] + spelled("有")[:2], spelled("有")[2:] + [x], "\ufffd x"),
+        # a stray continuation byte after a prompt's emoji spelled in byte tokens
+        ([1, hi] + spelled("😀"), spelled("😀")[3:], "\ufffd"),
+        # ...and after one in the output: the run turns invalid as a whole, nothing was shown early
+        ([1, hi], spelled("😀") + spelled("😀")[3:] + [x], "\ufffd" * 5 + " x"),
+        # an unfinished character at the end of a valid run
+        ([1, hi], spelled("é😀")[:-1], "\ufffd" * 5),
+    ]
+    for prompt, out, expected in cases:
+        assert tok.decode([x] + out)[1:] == expected
+        check_streams_decode(expected, IncrementalDetokenizer(tok, prompt), out)
+    # a run is shown as soon as it ends; a prompt of byte tokens only still keeps the leading space
+    d = IncrementalDetokenizer(tok, [1] + spelled("😀"))
+    assert [d.add(t) for t in [x] + spelled("é") + [hi]] == [" x", "", "", "é hi"]
