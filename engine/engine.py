@@ -251,27 +251,41 @@ class LLMEngine:
             seq.pending_logprobs.append(
                 {str(t): {"logprob": lp, "decoded_token": self.tokenizer.decode([t], skip_special_tokens=False)}
                  for t, lp in entry.items()})
+        detok = seq.detokenizer
         if token in seq.stop_ids:
             seq.status = Status.FINISHED
             seq.finish_reason = "stop"
             if seq.params.include_stop_str_in_output:   # as vLLM: the stop token's text too
-                seq.output_text += seq.detokenizer.add(token)
-            seq.output_text += seq.detokenizer.flush()
+                seq.output_text += detok.add(token) + detok.flush()
+            else:
+                # As vLLM: the text up to and including the stop token, less the stop token's
+                # own characters, which include one it completes (or carries on): that
+                # character's first bytes, held back, are dropped rather than shown as U+FFFD.
+                # Other held-back text (a byte-fallback run) is the output's.
+                seq.output_text += detok.flush(drop_incomplete=detok.continues(token))
+            if seq.params.stop:
+                # As vLLM, which checks stop strings in the new text of every token, a stop
+                # token's included: a stop string it completes cuts the text there.
+                self._check_stop_strings(seq)
             return
-        seq.output_text += seq.detokenizer.add(token)
-        if seq.params.stop:
-            if len(seq.token_ids) - seq.num_prompt_tokens < seq.params.min_tokens:
-                # As vLLM: no stop string ends generation before min_tokens (stop tokens are
-                # not sampled before then, see Sampler); one completed by a later token may
-                # start before this point.
-                seq.stop_string_floor = len(seq.output_text)
-            elif self._hit_stop_string(seq):
-                return
+        seq.output_text += detok.add(token)
+        if seq.params.stop and self._check_stop_strings(seq):
+            return
         if len(seq.token_ids) >= seq.max_total_tokens:   # not num_tokens: that counts tokens in flight
             seq.status = Status.FINISHED
             seq.finish_reason = "length"
             seq.output_text += seq.detokenizer.flush()
             self._hit_stop_string(seq)  # the flushed tail may complete a stop string
+
+    def _check_stop_strings(self, seq: Sequence) -> bool:
+        """Finish at a stop string in the text's new part, if min_tokens allows."""
+        if len(seq.token_ids) - seq.num_prompt_tokens < seq.params.min_tokens:
+            # As vLLM: no stop string ends generation before min_tokens (stop tokens are not
+            # sampled before then, see Sampler); one completed by a later token may start before
+            # this point.
+            seq.stop_string_floor = len(seq.output_text)
+            return False
+        return self._hit_stop_string(seq)
 
     @staticmethod
     def _hit_stop_string(seq: Sequence) -> bool:
