@@ -163,6 +163,13 @@ class LLMEngine:
         if seq is None:
             return None
         self.scheduler.finish(seq)
+        # The text held back is the output's too, but for what the request never finished: an
+        # unfinished character, and a tail that may begin a stop string (sent, it could be the
+        # start of one that would have matched). What the detokenizer held back is checked for
+        # stop strings first, as it would have been had the request gone on.
+        seq.output_text += seq.detokenizer.flush(drop_incomplete=True)
+        if seq.params.stop and not self._check_stop_strings(seq):
+            self._drop_stop_string_start(seq)
         seq.finish_reason = "abort"
         return self._output(seq)
 
@@ -306,6 +313,18 @@ class LLMEngine:
         seq.status = Status.FINISHED
         seq.finish_reason = "stop"
         return True
+
+    @staticmethod
+    def _drop_stop_string_start(seq: Sequence) -> None:
+        """Cut the text where its longest tail that is the start of a stop string begins (text
+        not yet sent only). A stop string that a later token would have completed begins there
+        or later: the text before is the output's whatever would have followed."""
+        text, stops = seq.output_text, seq.params.stop
+        for i in range(max(seq.num_emitted_chars, len(text) - max(len(s) for s in stops) + 1), len(text)):
+            tail = text[i:]
+            if any(len(s) > len(tail) and s.startswith(tail) for s in stops):
+                seq.output_text = text[:i]
+                return
 
     def _output(self, seq: Sequence) -> RequestOutput:
         finished = seq.status is Status.FINISHED or seq.finish_reason == "abort"

@@ -140,3 +140,32 @@ def test_stop_string_completed_by_the_stop_tokens_text(eng):
     text, toks, reason = feed(eng, SamplingParams(max_tokens=50, stop_token_ids=[ids[k]], stop=[stop_str]),
                               ids, "exc")
     assert (text, toks, reason) == (before, ids[:k + 1], "stop")
+
+
+def test_abort_never_shows_the_start_of_a_stop_string(eng):
+    """Text held back because it may begin a stop string is dropped by an abort; the rest of the
+    held-back text is sent."""
+    ids = encode(eng, "hello world")
+    full = decoded(eng, ids)
+    assert full.endswith("world")
+    text, toks, reason = feed(eng, SamplingParams(max_tokens=50, stop=["rld!", "zzzzzz"]), ids, abort=True)
+    assert (text, toks, reason) == (full[:-3], ids, "abort")           # "rld" might have become "rld!"
+    text, _, reason = feed(eng, SamplingParams(max_tokens=50, stop=["d?", "zzzzzz"]), ids, "b", abort=True)
+    assert (text, reason) == (full[:-1], "abort")                      # only "d" could start one
+    text, _, reason = feed(eng, SamplingParams(max_tokens=50, stop=["zzzzzz"]), ids, "c", abort=True)
+    assert (text, reason) == (full, "abort")                           # nothing could
+
+
+def test_abort_drops_an_unfinished_character(eng):
+    ids, k = completing_token(eng, TEXT)
+    head = complete_utf8_prefix(b"".join(bytes_of(eng, t) for t in ids[:k]))[0]
+    text, toks, reason = feed(eng, SamplingParams(max_tokens=50), ids[:k], abort=True)
+    assert (text, toks, reason) == (head, ids[:k], "abort")
+    # held-back complete characters (a byte-fallback run) are sent, and checked for stop strings
+    whole = encode(eng, "ok 😀")
+    text, _, reason = feed(eng, SamplingParams(max_tokens=50), whole, "w", abort=True)
+    assert (text, reason) == ("ok 😀", "abort")
+    text, _, reason = feed(eng, SamplingParams(max_tokens=50, stop=["k 😀"]), whole, "s", abort=True)
+    # (a byte-level tokenizer shows the emoji, and stops on it, with its last token)
+    assert (text, reason) == ("o", "abort" if eng.byte_tokens is None and eng.tokenizer.token_to_id("▁x")
+                              else "stop")
