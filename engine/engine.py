@@ -137,7 +137,10 @@ class LLMEngine:
         return self.runner.num_blocks * self.config.block_size
 
     def tokenize(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt, add_special_tokens=True).ids
+        # encode_batch, not encode: the same ids, but it lets go of the GIL while it works, and
+        # encode holds it (a 4 MB prompt stopped the in-process engine loop's thread, and every
+        # stream, for seconds).
+        return self.tokenizer.encode_batch([prompt], add_special_tokens=True)[0].ids
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Refuse, up front, a request that could never complete. Thread-safe (reads config only)."""

@@ -365,3 +365,30 @@ def test_byte_fallback_output_bytes_do_not_join_the_prompt():
     # a run is shown as soon as it ends; a prompt of byte tokens only still keeps the leading space
     d = IncrementalDetokenizer(tok, [1] + spelled("😀"))
     assert [d.add(t) for t in [x] + spelled("é") + [hi]] == [" x", "", "", "é hi"]
+
+
+# ----- the other direction: LLMEngine.tokenize ------------------------------------------------------
+def test_tokenize_gives_the_tokenizers_ids(tok, checkpoint, engine_factory):
+    eng = engine_factory(checkpoint("gqa"))
+    for text in TEXTS + PROMPT_TEXTS + PROMPTS + ["a", " ", "\n\n", "<|end_of_text|> x"]:
+        assert eng.tokenize(text) == tok.encode(text, add_special_tokens=True).ids
+
+
+def test_tokenize_lets_other_threads_run(checkpoint, engine_factory):
+    """A long prompt is tokenized without the GIL: other threads (the engine loop's, other
+    requests') keep running meanwhile."""
+    import threading
+    import time
+    eng = engine_factory(checkpoint("gqa"))
+    big = " ".join(TEXTS) * 1000          # ~1 MB: about a second of tokenizing
+    result = []
+    worker = threading.Thread(target=lambda: result.append(eng.tokenize(big)))
+    ticks = [time.perf_counter()]
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        ticks.append(time.perf_counter())
+    total = ticks[-1] - ticks[0]
+    gap = max(b - a for a, b in zip(ticks, ticks[1:]))
+    assert result and total > 0.2, total
+    assert gap < total / 2, f"this thread stood still for {gap:.3f} s of {total:.3f} s"
