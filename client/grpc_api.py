@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs
+from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs, code_from_message
 
 _OUTPUTS = ("text_output", "finish_reason", "cumulative_logprob", "logprobs",
             "num_input_tokens", "num_output_tokens")
@@ -38,9 +38,11 @@ def error_from_grpc(exc: Exception) -> ClientError:
     if isinstance(exc, InferenceServerException):
         # status() is "StatusCode.X" for RPC-level failures and None for an
         # error the model returned inside the stream (Triton sends only text).
+        # The model's own messages say what kind of error it was (see code_from_message).
         status = exc.status()
-        code = str(status).rsplit(".", 1)[-1] if status else "UNKNOWN"
-        return ClientError(code, exc.message() or str(exc))
+        message = exc.message() or str(exc)
+        code = str(status).rsplit(".", 1)[-1] if status else (code_from_message(message) or "UNKNOWN")
+        return ClientError(code, message)
     if isinstance(exc, grpc.RpcError):  # the aio client lets these through
         return ClientError(exc.code().name, exc.details() or str(exc))
     return ClientError("UNKNOWN", str(exc))

@@ -10,7 +10,7 @@ import time
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs
+from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs, code_from_message
 
 # HTTP status -> the gRPC-style code names ClientError uses.
 _HTTP_CODES = {
@@ -88,7 +88,8 @@ def error_from_http(status: int, body: bytes) -> ClientError:
             message = str(obj["error"])
             break
     code = _HTTP_CODES.get(status, "UNKNOWN" if status < 400 else f"HTTP_{status}")
-    return ClientError(code, message, http_status=status)
+    # Triton answers 400 for every model error: its message says which kind it was.
+    return ClientError(code_from_message(message) or code, message, http_status=status)
 
 
 def _check_payload(obj) -> dict:
@@ -97,7 +98,8 @@ def _check_payload(obj) -> dict:
     if not isinstance(obj, dict):
         raise ClientError("UNKNOWN", f"unexpected response: {obj!r}")
     if "error" in obj:
-        raise ClientError("UNKNOWN", str(obj["error"]))
+        message = str(obj["error"])
+        raise ClientError(code_from_message(message) or "UNKNOWN", message)
     return obj
 
 

@@ -86,16 +86,57 @@ class GenerateRequest:
 
 
 class ClientError(Exception):
-    """A failed request. `code` is a gRPC-style status name (INVALID_ARGUMENT,
-    NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED, ...) for both transports;
-    UNKNOWN when the server sent a bare message (as Triton does for errors
-    inside a gRPC stream). `http_status` is set for HTTP responses."""
+    """A failed request. `code` is a gRPC-style status name for both transports.
+
+    Triton 2.51 does not carry the model's error code to the client (over gRPC an error inside
+    the stream is bare text; over HTTP every model error is a 400), so the server's own messages
+    are recognised as well (`code_from_message`): a retry can rely on
+
+      UNAVAILABLE        the waiting queue is full, the engine has stopped/died or is shutting
+                         down, the model is being unloaded; also a broken connection or a stream
+                         that ended before its final response: retry later or elsewhere
+      CANCELLED          the request was cancelled (by this client)
+      DEADLINE_EXCEEDED  the client's --timeout ran out
+      INTERNAL           "internal error: ..." from the model
+      INVALID_ARGUMENT   a bad request (HTTP 400 with any other message); over gRPC such an
+                         in-stream error is UNKNOWN (Triton sends only its text)
+      NOT_FOUND          unknown model (both transports)
+
+    `http_status` is set for HTTP responses."""
 
     def __init__(self, code: str, message: str, http_status: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
+
+
+# Messages the server sends (model_repository/llm/1/model.py, engine/loop.py, engine/remote.py,
+# engine/scheduler.py) -> the code the model meant (or, for a dead engine, UNAVAILABLE: retry
+# elsewhere). Matched case-insensitively as substrings; the first match wins.
+_MESSAGE_CODES = (
+    ("request cancelled by the client", "CANCELLED"),
+    ("the waiting queue is full", "UNAVAILABLE"),
+    ("the engine has stopped", "UNAVAILABLE"),
+    ("request aborted", "UNAVAILABLE"),
+    ("the engine is shutting down", "UNAVAILABLE"),
+    ("the server is shutting down", "UNAVAILABLE"),
+    ("engine step failed", "UNAVAILABLE"),
+    ("engine process unreachable", "UNAVAILABLE"),
+    ("the engine process exited unexpectedly", "UNAVAILABLE"),
+    ("engine receiver failed", "UNAVAILABLE"),
+)
+
+
+def code_from_message(message: str) -> str | None:
+    """The status code a known server error message stands for, or None."""
+    text = (message or "").lower()
+    for needle, code in _MESSAGE_CODES:
+        if needle in text:
+            return code
+    if text.startswith("internal error"):
+        return "INTERNAL"
+    return None
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Unit tests: server errors of both transports map onto ClientError."""
 
+import json
+
 import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client import ClientError, error_from_grpc, error_from_http
+from client import ClientError, code_from_message, error_from_grpc, error_from_http
 
 
 def test_grpc_rpc_level_status():
@@ -50,3 +52,30 @@ def test_client_error_passes_through():
 def test_http_status_mapping(status, body, code, message):
     e = error_from_http(status, body)
     assert (e.code, e.message, e.http_status) == (code, message, status)
+
+
+@pytest.mark.parametrize("message,code", [
+    # The model's messages (model_repository/llm/1/model.py, engine/): Triton sends only the text in-stream.
+    ("the waiting queue is full (4096 requests); retry later", "UNAVAILABLE"),
+    ("the engine has stopped: the engine is shutting down", "UNAVAILABLE"),
+    ("the engine has stopped: engine process unreachable: [Errno 32] Broken pipe", "UNAVAILABLE"),
+    ("engine step failed: RuntimeError: CUDA error", "UNAVAILABLE"),
+    ("the engine process exited unexpectedly (exit code -9)", "UNAVAILABLE"),
+    ("request aborted: the model is being unloaded (server shutting down)", "UNAVAILABLE"),
+    ("request cancelled by the client", "CANCELLED"),
+    ("internal error: ValueError: x", "INTERNAL"),
+    ("internal error sending the response: OSError: y", "INTERNAL"),
+    ("max_tokens must be at least 1, got -1.", "UNKNOWN"),
+])
+def test_grpc_in_stream_error_code_from_message(message, code):
+    e = error_from_grpc(InferenceServerException(message))
+    assert (e.code, e.message) == (code, message)
+    # HTTP: every model error is a 400; the message decides, INVALID_ARGUMENT otherwise.
+    h = error_from_http(400, b'{"error": %s}' % json.dumps(message).encode())
+    assert (h.code, h.http_status) == (code if code != "UNKNOWN" else "INVALID_ARGUMENT", 400)
+
+
+def test_rpc_level_status_wins_over_message():
+    e = error_from_grpc(InferenceServerException("request cancelled by the client", status="StatusCode.UNAVAILABLE"))
+    assert e.code == "UNAVAILABLE"
+    assert code_from_message("Request for unknown model") is None
