@@ -1,11 +1,13 @@
 """Command line: python -m client "Once upon a time" [options]
 
 Prints the text as it arrives on stdout and one summary line on stderr.
-Exit status: 0 on success, 1 on a server/client error, 2 on bad usage."""
+Exit status: 0 on success, 1 on a server/client error, 2 on bad usage, 141 when
+stdout was closed early (`... | head`: the request is cancelled, nothing printed)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -30,11 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int)
     # extend+nargs: both "--stop a b" and "--stop a --stop b" work; put the prompt first.
-    p.add_argument("--stop", action="extend", nargs="+", default=[], metavar="S", help="stop string(s)")
+    p.add_argument("--stop", action="extend", nargs="+", default=[], metavar="S",
+                   help="stop string(s); takes every word after it, so put the prompt first "
+                        '(python -m client "Once upon" --stop .) or write --stop=. (one string each)')
     p.add_argument("--no-stream", action="store_true", help="one response with the whole text")
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--exclude-input", action="store_true", help="do not prepend the prompt (non-streaming)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="deadline in seconds for the whole request, streaming included (default 600)")
     return p
 
 
@@ -69,10 +74,13 @@ def run(args: argparse.Namespace) -> Result:
         chunks = (stream_http(args.http_url, args.model, request, timeout=args.timeout) if args.http
                   else stream_grpc(args.url, args.model, request, timeout=args.timeout))
         seen = []
-        for chunk in chunks:
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
-            seen.append(chunk)
+        # closing: whatever ends the loop early (a broken pipe, ^C) stops the stream and cancels
+        # the request at once; else tritonclient's stream thread keeps the process alive.
+        with contextlib.closing(chunks):
+            for chunk in chunks:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                seen.append(chunk)
         result = Result.from_chunks(seen, t_start)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -89,5 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): the stream is closed and the request cancelled. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     print(summary(result), file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import queue
+import threading
 import time
 from typing import AsyncIterator, Iterator
 
@@ -66,44 +67,124 @@ def _stream_request(model: str, request: GenerateRequest) -> dict:
 # ---------------------------------------------------------------- threads
 
 
-def stream_grpc(url: str, model: str, request: GenerateRequest, *,
-                timeout: float | None = None) -> Iterator[Chunk]:
-    """Yield chunks as they arrive; safe to use from any plain thread.
+_CLOSED = object()  # queue sentinel: the stream was closed
 
-    Each call opens its own client (tritonclient allows one stream per
-    client), so threads never share stream state. `timeout` bounds the whole
-    stream. Abandoning the iterator early cancels the request on the server."""
-    try:
-        client = grpcclient.InferenceServerClient(url)
-    except InferenceServerException as e:
-        raise error_from_grpc(e) from None
-    responses: queue.Queue = queue.Queue()
-    finished = False
-    try:
-        client.start_stream(callback=lambda result, error: responses.put((result, error)),
-                            stream_timeout=timeout)
-        # Ask for the flags-only final response too, so we always learn the end.
-        client.async_stream_infer(**_stream_request(model, request),
-                                  enable_empty_final_response=True)
+
+class GrpcStream(Iterator[Chunk]):
+    """An iterator over one request's chunks that can be closed early.
+
+    The RPC starts on the first next(). close() (or leaving a `with` block, or
+    contextlib.closing) stops tritonclient's stream thread and cancels the
+    request on the server unless it already ended; it is safe to call twice and
+    from another thread (a waiting next() then ends). tritonclient's stream
+    thread is not a daemon: an iterator left open keeps the process alive until
+    the stream deadline, so close it when you stop early."""
+
+    def __init__(self, url: str, model: str, request: GenerateRequest, timeout: float | None = None):
+        self._url, self._model, self._request, self._timeout = url, model, request, timeout
+        self._responses: queue.Queue = queue.Queue()
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._finished = False   # the server has ended the request (final response or error)
+
+    def __iter__(self) -> "GrpcStream":
+        return self
+
+    def __enter__(self) -> "GrpcStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _start(self) -> None:
+        responses = self._responses  # the callback must not hold a reference to self
+        with self._lock:
+            if self._closed:
+                return
+            self._started = True
+            try:
+                self._client = grpcclient.InferenceServerClient(self._url)
+                self._client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                                          stream_timeout=self._timeout)
+                # Ask for the flags-only final response too, so we always learn the end.
+                self._client.async_stream_infer(**_stream_request(self._model, self._request),
+                                                enable_empty_final_response=True)
+            except Exception as e:
+                client, self._client = self._client, None
+                self._closed = True
+                if client is not None:
+                    client.stop_stream(cancel_requests=True)
+                    client.close()
+                raise error_from_grpc(e) from None
+
+    def __next__(self) -> Chunk:
+        if not self._started:
+            self._start()
         while True:
+            if self._closed:
+                raise StopIteration
             try:
                 # The stream deadline normally fires first; this is a backstop.
-                result, error = responses.get(timeout=None if timeout is None else timeout + 5)
+                item = self._responses.get(timeout=None if self._timeout is None else self._timeout + 5)
             except queue.Empty:
-                raise ClientError("DEADLINE_EXCEEDED", f"no response within {timeout}s") from None
+                self.close()
+                raise ClientError("DEADLINE_EXCEEDED", f"no response within {self._timeout}s") from None
+            if item is _CLOSED:
+                raise StopIteration
+            result, error = item
             if error is not None:
-                finished = True  # the server has ended the request
+                self._finished = True  # the server has ended the request
+                self.close()
                 raise error_from_grpc(error)
-            chunk, finished = _parse_result(result)
+            try:
+                chunk, final = _parse_result(result)
+            except Exception as e:
+                self.close()
+                raise error_from_grpc(e) from None
+            if final:
+                self._finished = True
+                self.close()
             if chunk is not None:
-                yield chunk
-            if finished:
+                return chunk
+            if final:
+                raise StopIteration
+
+    def close(self) -> None:
+        """Stop the stream; cancels the request on the server unless it has ended."""
+        with self._lock:
+            if self._closed:
                 return
-    except InferenceServerException as e:
-        raise error_from_grpc(e) from None
-    finally:
-        client.stop_stream(cancel_requests=not finished)
-        client.close()
+            self._closed = True
+            client, self._client = self._client, None
+        self._responses.put(_CLOSED)
+        if client is not None:
+            try:
+                client.stop_stream(cancel_requests=not self._finished)
+            finally:
+                client.close()
+
+
+def stream_grpc(url: str, model: str, request: GenerateRequest, *,
+                timeout: float | None = None) -> GrpcStream:
+    """Yield chunks as they arrive; safe to use from any plain thread.
+
+    Each stream opens its own client (tritonclient allows one stream per
+    client), so threads never share stream state. `timeout` bounds the whole
+    stream. Stopping early: close() the iterator (or use it as a context
+    manager / with contextlib.closing), which cancels the request on the server.
+
+        with stream_grpc(url, "llm", GenerateRequest("Hi")) as chunks:
+            for chunk in chunks:
+                ..."""
+    return GrpcStream(url, model, request, timeout)
 
 
 def generate_grpc(url: str, model: str, request: GenerateRequest, *,
@@ -111,7 +192,8 @@ def generate_grpc(url: str, model: str, request: GenerateRequest, *,
     """Non-streaming generation (stream=False): one response, whole text."""
     request = dataclasses.replace(request, stream=False)
     t_start = time.perf_counter()
-    return Result.from_chunks(stream_grpc(url, model, request, timeout=timeout), t_start)
+    with stream_grpc(url, model, request, timeout=timeout) as chunks:
+        return Result.from_chunks(chunks, t_start)
 
 
 # ---------------------------------------------------------------- asyncio
@@ -164,7 +246,7 @@ class AsyncGrpcClient:
                 if finished:
                     break
             if not finished:
-                raise ClientError("UNKNOWN", "stream closed before the final response")
+                raise ClientError("UNAVAILABLE", "stream closed before the final response")
             # Close our side and let the RPC end normally (a cancel here would
             # show up as a cancelled request on the server).
             done.set()

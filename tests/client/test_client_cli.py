@@ -38,3 +38,13 @@ def test_summary_line():
     assert summary(r) == "[tokens=10 ttft=50.0ms total=500.0ms tok/s=20.0 finish=length]"
     r = Result("", None, None, None, None, None, 0, t_start=1.0, t_first=None, t_end=1.0)
     assert summary(r) == "[tokens=? ttft=? total=0.0ms tok/s=? finish=None]"
+
+
+def test_stop_help_says_how_to_keep_the_prompt():
+    # "--stop . 'Once upon'" makes the prompt a stop string; the help must say how to avoid it.
+    text = " ".join(build_parser().format_help().split())
+    assert "put the prompt first" in text and "--stop=." in text
+    args = build_parser().parse_args(["--stop=.", "Once upon"])
+    assert (args.prompt, args.stop) == ("Once upon", ["."])
+    args = build_parser().parse_args(["Once upon", "--stop", ".", "!"])
+    assert (args.prompt, args.stop) == ("Once upon", [".", "!"])

@@ -193,3 +193,68 @@ def test_cli_error(srv):
     p = cli(PROMPT, "--url", srv.grpc_url, "--model", srv.model, "--max-tokens", "-1")
     assert p.returncode == 1
     assert "max_tokens" in p.stderr
+
+
+# ---- abandoning a request cancels it on the server (its cancelled-requests metric)
+
+CANCELLED = 'vllm:request_success_total{finished_reason="cancelled"}'
+LONG = dict(max_tokens=900, ignore_eos=True)   # ~1.5 s on the CPU test server: still running when we stop
+
+
+def cancelled_count(srv) -> float:
+    import urllib.request
+    with urllib.request.urlopen(f"http://{srv.metrics_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total{") and 'finished_reason="cancelled"' in line)
+
+
+def wait_cancelled(srv, before, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cancelled_count(srv) > before:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_grpc_stream_closed_early_cancels_the_request(srv):
+    before = cancelled_count(srv)
+    with stream_grpc(srv.grpc_url, srv.model, GenerateRequest(PROMPT, **LONG), timeout=TIMEOUT) as chunks:
+        assert next(chunks).text is not None
+    assert list(chunks) == []   # closed: nothing more
+    assert wait_cancelled(srv, before)
+
+
+def test_grpc_stream_closed_from_another_thread(srv):
+    import threading
+    before = cancelled_count(srv)
+    chunks = stream_grpc(srv.grpc_url, srv.model, GenerateRequest(PROMPT, **LONG), timeout=TIMEOUT)
+    next(chunks)
+    threading.Timer(0.2, chunks.close).start()
+    t = time.monotonic()
+    rest = list(chunks)   # ends when closed, long before 900 tokens
+    assert time.monotonic() - t < 5 and sum(c.num_output_tokens for c in rest) < 899
+    assert wait_cancelled(srv, before)
+
+
+@pytest.mark.parametrize("transport", [[], ["--http"]])
+def test_cli_piped_into_early_exit_stops_and_cancels(srv, transport):
+    """`python -m client ... | head -c 5`: the CLI must exit at once (not wait out --timeout with
+    tritonclient's stream thread alive), quietly, and cancel the request."""
+    before = cancelled_count(srv)
+    p = subprocess.Popen([sys.executable, "-m", "client", PROMPT, "--url", srv.grpc_url, "--http-url", srv.http_url,
+                          "--model", srv.model, "--max-tokens", "900", "--ignore-eos", *transport],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert len(os.read(p.stdout.fileno(), 5)) > 0
+    p.stdout.close()   # the reader goes away, as `head -c 5` does
+    try:
+        rc = p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError("the CLI kept running after its stdout closed")
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert rc == 141 and "Traceback" not in err, err
+    assert wait_cancelled(srv, before)
