@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--exclude-input", action="store_true", help="do not prepend the prompt (non-streaming)")
     p.add_argument("--timeout", type=float, default=600.0,
-                   help="deadline in seconds for the whole request, streaming included (default 600)")
+                   help="deadline in seconds for the whole request, streaming included, over gRPC "
+                        "and HTTP alike (default 600); the request is cancelled when it runs out")
     return p
 
 

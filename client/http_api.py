@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import socket
 import time
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -103,61 +104,92 @@ def _check_payload(obj) -> dict:
     return obj
 
 
-def _post(url: str, path: str, body: dict, timeout: float | None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+class _Deadline:
+    """The whole request's time limit (None: none)."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        self.end = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left; raises DEADLINE_EXCEEDED once none are."""
+        if self.end is None:
+            return None
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise ClientError("DEADLINE_EXCEEDED", f"no complete response within {self.timeout}s")
+        return left
+
+
+def _post(url: str, path: str, body: dict, deadline: _Deadline) -> tuple[http.client.HTTPConnection, socket.socket, http.client.HTTPResponse]:
+    """Send the request and read the status line and headers, all within the deadline. Returns
+    the connection, its socket (to set the time left before each later read) and the response."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+    conn = conn_cls(parts.hostname, parts.port, timeout=deadline.remaining())
     try:
+        conn.connect()
+        sock = conn.sock
+        sock.settimeout(deadline.remaining())
         conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(),
                      headers={"Content-Type": "application/json"})
-        return conn, conn.getresponse()
+        sock.settimeout(deadline.remaining())
+        return conn, sock, conn.getresponse()
+    except ClientError:
+        conn.close()
+        raise
     except TimeoutError as e:
         conn.close()
         raise ClientError("DEADLINE_EXCEEDED", str(e) or "timed out") from None
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, bad status line, ...
         conn.close()
-        raise ClientError("UNAVAILABLE", f"cannot reach {url}: {e}") from None
+        raise ClientError("UNAVAILABLE", f"cannot reach {url}: {e!r}") from None
 
 
 def generate_http(url: str, model: str, request: GenerateRequest, *,
                   timeout: float | None = None) -> Result:
-    """POST /v2/models/<model>/generate (stream=False): one JSON answer."""
+    """Non-streaming generation (stream=False): one response with the whole text.
+
+    Sent to generate_stream (one SSE event) rather than Triton's /generate, so that it shares
+    stream_http's whole-request deadline and its checks of a broken or unfinished reply.
+    Note: Triton 2.51 notices a client that went away only when it writes to it, so a timeout or
+    disconnect before this one event does NOT cancel the request on the server (it runs to its
+    end); over HTTP only a streamed request is cancelled that way, after its first event. Use
+    gRPC when abandoned non-streaming requests must stop at once."""
     request = dataclasses.replace(request, stream=False)
     t_start = time.perf_counter()
-    conn, resp = _post(url, f"/v2/models/{model}/generate", request.http_body(), timeout)
+    chunks = stream_http(url, model, request, timeout=timeout)
     try:
-        body = resp.read()
-    except TimeoutError:
-        raise ClientError("DEADLINE_EXCEEDED", "timed out reading the response") from None
+        return Result.from_chunks(chunks, t_start)
     finally:
-        conn.close()
-    arrival = time.perf_counter()
-    if resp.status >= 400:
-        raise error_from_http(resp.status, body)
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        raise ClientError("UNKNOWN", f"non-JSON response: {body[:200]!r}") from None
-    chunk = chunk_from_outputs(_check_payload(obj), arrival, final=True)
-    return Result.from_chunks([chunk] if chunk else [], t_start)
+        chunks.close()
 
 
 def stream_http(url: str, model: str, request: GenerateRequest, *,
                 timeout: float | None = None) -> Iterator[Chunk]:
     """POST /v2/models/<model>/generate_stream and yield each SSE event as a
     Chunk the moment it arrives. Honours request.stream (False gives one
-    event with the whole text). `timeout` applies to each socket read."""
-    conn, resp = _post(url, f"/v2/models/{model}/generate_stream", request.http_body(), timeout)
+    event with the whole text). `timeout` bounds the whole stream, as over
+    gRPC. Closing the generator early (or a timeout) closes the connection;
+    Triton cancels the request when it next writes to it (so only after the
+    first event has gone out: see generate_http).
+
+    A stream that breaks (truncated body, reset) or ends before the response
+    that carries finish_reason raises ClientError UNAVAILABLE."""
+    deadline = _Deadline(timeout)
+    conn, sock, resp = _post(url, f"/v2/models/{model}/generate_stream", request.http_body(), deadline)
     try:
         if resp.status >= 400:
             raise error_from_http(resp.status, resp.read())
         parser = SSEParser()
+        finished = False
         while True:
+            sock.settimeout(deadline.remaining())
             # read1 returns whatever has arrived (de-chunked) without waiting
             # to fill the buffer, which is what makes this incremental.
             raw = resp.read1(65536)
             if not raw:
-                return
+                break
             arrival = time.perf_counter()
             for payload in parser.feed(raw):
                 try:
@@ -166,10 +198,15 @@ def stream_http(url: str, model: str, request: GenerateRequest, *,
                     raise ClientError("UNKNOWN", f"bad SSE payload: {payload[:200]!r}") from None
                 chunk = chunk_from_outputs(_check_payload(obj), arrival)
                 if chunk is not None:
+                    finished = finished or chunk.finish_reason is not None
                     yield chunk
+        # Without finish_reason asked for, the end of the body is all there is to go by.
+        if request.return_finish_reason and not finished:
+            raise ClientError("UNAVAILABLE", "the stream ended before its final response")
     except TimeoutError:
-        raise ClientError("DEADLINE_EXCEEDED", "timed out waiting for the stream") from None
-    except (OSError, http.client.HTTPException) as e:
+        raise ClientError("DEADLINE_EXCEEDED", f"no complete response within {timeout}s") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:  # reset, IncompleteRead, bad chunk
         raise ClientError("UNAVAILABLE", f"stream broken: {e!r}") from None
     finally:
         conn.close()  # also how an abandoned stream tells the server to stop
+        resp.close()

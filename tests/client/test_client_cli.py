@@ -48,3 +48,8 @@ def test_stop_help_says_how_to_keep_the_prompt():
     assert (args.prompt, args.stop) == ("Once upon", ["."])
     args = build_parser().parse_args(["Once upon", "--stop", ".", "!"])
     assert (args.prompt, args.stop) == ("Once upon", [".", "!"])
+
+
+def test_timeout_help_says_whole_request():
+    text = " ".join(build_parser().format_help().split())
+    assert "whole request" in text and "HTTP" in text

@@ -238,6 +238,24 @@ def test_grpc_stream_closed_from_another_thread(srv):
     assert wait_cancelled(srv, before)
 
 
+def test_http_stream_timeout_cancels_the_request(srv):
+    before = cancelled_count(srv)
+    t = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        list(stream_http(srv.http_url, srv.model, GenerateRequest(PROMPT, **LONG), timeout=0.5))
+    assert info.value.code == "DEADLINE_EXCEEDED" and time.monotonic() - t < 2.0
+    assert wait_cancelled(srv, before)
+
+
+def test_http_generate_timeout_is_prompt(srv):
+    # Non-streaming over HTTP: the client gives up on time. (Triton 2.51 notices the disconnect only
+    # when it writes, so this request is not cancelled on the server: see generate_http.)
+    t = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        generate_http(srv.http_url, srv.model, GenerateRequest(PROMPT, **LONG), timeout=0.5)
+    assert info.value.code == "DEADLINE_EXCEEDED" and time.monotonic() - t < 2.0
+
+
 @pytest.mark.parametrize("transport", [[], ["--http"]])
 def test_cli_piped_into_early_exit_stops_and_cancels(srv, transport):
     """`python -m client ... | head -c 5`: the CLI must exit at once (not wait out --timeout with

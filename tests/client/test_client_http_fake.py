@@ -2,7 +2,9 @@
 the exact request sent, incremental SSE reading and error handling."""
 
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -64,13 +66,21 @@ def fake():
     f.httpd.server_close()
 
 
+def send_sse(handler, events: list[dict], status=200):
+    start_sse(handler, status)
+    for event in events:
+        send_chunk(handler, b"data: %s\n\n" % json.dumps(event).encode())
+    send_chunk(handler, b"")
+
+
 def test_generate_http_request_and_result(fake):
-    fake.reply = lambda h, body: send_json(h, 200, {
+    # Non-streaming goes through generate_stream with "stream": false: one event.
+    fake.reply = lambda h, body: send_sse(h, [{
         "model_name": "llm", "model_version": "1", "text_output": "Hi there",
-        "finish_reason": "length", "num_output_tokens": 2, "num_input_tokens": 1})
+        "finish_reason": "length", "num_output_tokens": 2, "num_input_tokens": 1}])
     req = GenerateRequest("Hi", max_tokens=2, temperature=0)  # stream=True is overridden
     r = generate_http(fake.url, "llm", req)
-    assert fake.requests == [("/v2/models/llm/generate", {
+    assert fake.requests == [("/v2/models/llm/generate_stream", {
         "text_input": "Hi", "stream": False, "sampling_parameters": '{"max_tokens": 2, "temperature": 0}',
         "return_finish_reason": True, "return_num_input_tokens": True, "return_num_output_tokens": True})]
     assert (r.text, r.finish_reason, r.num_output_tokens, r.num_input_tokens, r.num_chunks) == \
@@ -131,7 +141,7 @@ def test_stream_http_error_midway(fake):
 
 
 def test_generate_http_error_in_200_body(fake):
-    fake.reply = lambda h, body: send_json(h, 200, {"error": "generate expects model to produce exactly 1 response"})
+    fake.reply = lambda h, body: send_sse(h, [{"error": "generate expects model to produce exactly 1 response"}])
     with pytest.raises(ClientError, match="exactly 1 response"):
         generate_http(fake.url, "llm", GenerateRequest("Hi"))
 
@@ -172,3 +182,150 @@ def test_cli_error_exit(fake, capsys):
     rc = main(["Hi", "--http", "--no-stream", "--http-url", fake.url, "--max-tokens", "-1"])
     assert rc == 1
     assert "max_tokens must be at least 1" in capsys.readouterr().err
+
+
+# ---- broken peers: every failure is a ClientError, never a raw exception or a silent success
+
+EVENT_A = b'data: {"text_output":" a","finish_reason":"None","num_output_tokens":1}\n\n'
+
+
+def test_truncated_chunked_body_is_an_error(fake):
+    def reply(h, body):
+        start_sse(h)
+        send_chunk(h, EVENT_A)
+        h.wfile.write(b"40\r\npartial")  # a chunk announced as 64 bytes, then the connection drops
+        h.wfile.flush()
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
+
+    fake.reply = reply
+    it = stream_http(fake.url, "llm", GenerateRequest("Hi"))
+    assert next(it).text == " a"
+    with pytest.raises(ClientError) as info:
+        next(it)
+    assert info.value.code == "UNAVAILABLE" and "IncompleteRead" in info.value.message
+    with pytest.raises(ClientError) as info:
+        generate_http(fake.url, "llm", GenerateRequest("Hi"))
+    assert info.value.code == "UNAVAILABLE"
+
+
+def test_truncated_content_length_body_is_an_error(fake):
+    def reply(h, body):
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(EVENT_A)
+        h.wfile.flush()
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
+
+    fake.reply = reply
+    with pytest.raises(ClientError) as info:
+        generate_http(fake.url, "llm", GenerateRequest("Hi"))
+    assert info.value.code == "UNAVAILABLE"
+
+
+def test_stream_that_ends_without_final_response_is_an_error(fake):
+    # A clean end of the body, but no event carried finish_reason: the reply is incomplete.
+    fake.reply = lambda h, body: send_sse(h, [{"text_output": " a", "finish_reason": "None", "num_output_tokens": 1}])
+    with pytest.raises(ClientError) as info:
+        list(stream_http(fake.url, "llm", GenerateRequest("Hi")))
+    assert info.value.code == "UNAVAILABLE" and "final response" in info.value.message
+    with pytest.raises(ClientError, match="final response"):
+        generate_http(fake.url, "llm", GenerateRequest("Hi"))
+    # Without finish_reason asked for, the end of the body is the end.
+    chunks = list(stream_http(fake.url, "llm", GenerateRequest("Hi", return_finish_reason=False)))
+    assert [c.text for c in chunks] == [" a"]
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP peer that reads the request and answers with whatever bytes `reply` holds, then closes."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    state = {"reply": b""}
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(state["reply"])
+
+    threading.Thread(target=serve, daemon=True).start()
+    state["url"] = f"127.0.0.1:{srv.getsockname()[1]}"
+    yield state
+    srv.close()
+
+
+@pytest.mark.parametrize("reply", [b"garbage\r\n\r\n", b"HTTP/1.1 abc OK\r\n\r\n", b""])
+def test_bad_status_line_is_an_error(raw_server, reply):
+    raw_server["reply"] = reply
+    for call in (lambda: generate_http(raw_server["url"], "llm", GenerateRequest("Hi"), timeout=10),
+                 lambda: list(stream_http(raw_server["url"], "llm", GenerateRequest("Hi"), timeout=10))):
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.code == "UNAVAILABLE"
+
+
+def test_timeout_bounds_the_whole_http_stream(fake):
+    # An event every 0.1 s forever: no single read ever waits 1 s, the whole stream must still end.
+    def reply(h, body):
+        start_sse(h)
+        try:
+            for _ in range(200):
+                send_chunk(h, EVENT_A)
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client hung up
+
+    fake.reply = reply
+    t = time.monotonic()
+    seen = []
+    with pytest.raises(ClientError) as info:
+        for chunk in stream_http(fake.url, "llm", GenerateRequest("Hi"), timeout=1.0):
+            seen.append(chunk)
+    assert info.value.code == "DEADLINE_EXCEEDED"
+    assert 0.9 < time.monotonic() - t < 3.0 and len(seen) >= 5
+
+
+def test_timeout_while_waiting_for_headers(fake):
+    fake.reply = lambda h, body: time.sleep(3)
+    t = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        generate_http(fake.url, "llm", GenerateRequest("Hi"), timeout=0.5)
+    assert info.value.code == "DEADLINE_EXCEEDED" and time.monotonic() - t < 2.0
+
+
+# ---- codes by the server's message: Triton answers 400 for every model error
+
+@pytest.mark.parametrize("message,code", [
+    ("the waiting queue is full (4096 requests); retry later", "UNAVAILABLE"),
+    ("the engine has stopped: engine step failed: RuntimeError: boom", "UNAVAILABLE"),
+    ("request aborted: the model is being unloaded (server shutting down)", "UNAVAILABLE"),
+    ("request cancelled by the client", "CANCELLED"),
+    ("internal error: KeyError: 'x'", "INTERNAL"),
+    ("max_tokens: must be at least 1, got -1", "INVALID_ARGUMENT"),
+])
+def test_http_error_codes_follow_the_message(fake, message, code):
+    fake.reply = lambda h, body: send_sse(h, [{"error": message}], status=400)
+    with pytest.raises(ClientError) as info:
+        generate_http(fake.url, "llm", GenerateRequest("Hi"))
+    assert (info.value.code, info.value.message, info.value.http_status) == (code, message, 400)
+    # The same message midway through a 200 stream.
+    fake.reply = lambda h, body: send_sse(h, [{"text_output": " a"}, {"error": message}])
+    with pytest.raises(ClientError) as info:
+        list(stream_http(fake.url, "llm", GenerateRequest("Hi")))
+    assert info.value.code == (code if code != "INVALID_ARGUMENT" else "UNKNOWN")
