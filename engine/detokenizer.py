@@ -4,12 +4,13 @@ Byte-level BPE tokens can end in the middle of a UTF-8 character (an emoji is of
 Decoding such a prefix yields U+FFFD; we hold the text back until the character is complete. We
 decode a short window of tokens (the last few already emitted plus the new ones) and emit what it
 adds beyond the window's already-emitted part, which also keeps tokenizers that merge spaces across
-tokens (SentencePiece-style) right. The output's text is `tokenizer.decode(output ids)`: the
-window's prompt part ends where the output's bytes cannot join it (IncrementalDetokenizer.
-_prompt_context), and with a byte-fallback tokenizer (SentencePiece "<0xNN>" tokens) a run of byte
-tokens is held back until it ends, since a later byte can still turn all of it into U+FFFD (the
-ByteFallback decoder's rule for an invalid run). The cost: characters spelled in byte tokens show
-one token late, a run of them only once it ends.
+tokens (SentencePiece-style) right. The output's text is `tokenizer.decode(output ids)` (but for a
+leading space, see IncrementalDetokenizer): the window's prompt part ends where the output's bytes
+cannot join it (`_prompt_context`), and with a byte-fallback tokenizer (SentencePiece "<0xNN>"
+tokens) a run of byte tokens is held back until it ends, since a later byte can still turn all of
+it into U+FFFD (the ByteFallback decoder's rule for an invalid run), and text once shown cannot be
+taken back. The cost: characters spelled in byte tokens show one token late, a run of them (rare
+CJK characters, emoji in a row) only once it ends.
 
 Ending a request early (a stop token left out of the text, an abort) drops an unfinished character
 instead of showing it as U+FFFD (`flush(drop_incomplete=True)`, `continues`).
