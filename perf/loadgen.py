@@ -7,8 +7,9 @@
 
 Load modes
   fixed concurrency  N workers, each sends its next request as soon as its previous one ended.
-  request rate       Poisson arrivals at R requests/s (--arrival constant: evenly spaced), any number
-                     in flight (--max-concurrency caps it).
+  request rate       Poisson arrivals at R requests/s (--arrival constant: evenly spaced, also over
+                     several processes), any number in flight (--max-concurrency caps it; never
+                     more processes than that cap).
 A run ends at --num-requests measured requests or after --duration seconds, whichever comes first;
 requests still in flight then run to completion (for at most --drain-timeout s, then they are
 cancelled). --warmup requests (short outputs) go first and are not measured.
@@ -23,9 +24,13 @@ Lengths can be sampled: --input-dist uniform --input-spread 64 draws from [len-6
 Per request it records TTFT (send -> first response carrying tokens), inter-token latencies (gap
 between successive token-carrying responses, divided evenly among the num_output_tokens that
 response carries, so a request of n tokens has n-1 of them and they add up to E2E - TTFT),
-end-to-end latency (send -> final response) and output tokens. It reports mean/p50/p90/p99 of TTFT,
-ITL, TPOT (per request (E2E-TTFT)/(n-1)) and E2E; output tokens/s over the whole run (first send ->
-last response) and over the steady window (while the full load was held); requests/s; errors.
+inter-response gaps (the same gaps undivided, one per token-carrying response after the first, as
+vLLM's benchmark_serving reports ITL: when the server merges several tokens into one response under
+load, the ITL tail understates the stall a reader sees and this one does not), end-to-end latency
+(send -> final response) and output tokens. It reports mean/p50/p90/p99 of TTFT, ITL,
+inter-response gap, TPOT (per request (E2E-TTFT)/(n-1)) and E2E; output tokens/s over the whole run
+(first send -> last response) and over the steady window (while the full load was held);
+requests/s; errors.
 
 Under heavy streaming one Python process can become the bottleneck (each token is one gRPC
 message, ~170 us of client CPU each); --processes splits the workers over several processes (auto:
@@ -276,6 +281,7 @@ class RequestRecord:
     output_tokens: int = 0
     num_responses: int = 0
     itl: list[float] = field(default_factory=list)   # seconds, one per token after the first
+    response_gaps: list[float] = field(default_factory=list)  # seconds between token-carrying responses
     num_input_tokens: int | None = None              # as the server counted them
     finish_reason: str | None = None
     error: str | None = None
@@ -311,6 +317,7 @@ class RequestRecord:
             self.ttft = arrival - self.start
             self.itl.extend([0.0] * (num_tokens - 1))
         else:
+            self.response_gaps.append(arrival - self.last_token_time)
             gap = (arrival - self.last_token_time) / num_tokens
             self.itl.extend([gap] * num_tokens)
         self.last_token_time = arrival
@@ -330,6 +337,26 @@ class _Part:
     num_requests: int | None
     warmup: int
     seed: int
+    first_arrival: float | None = None   # request-rate mode: first send this long after t0
+
+
+def arrival_times(rate: float, arrival: str, rng: random.Random, t0: float = 0.0,
+                  first: float | None = None):
+    """Send times of one process's requests at `rate` requests/s, forever (the caller stops).
+
+    constant: t0 + first, then every 1/rate (first defaults to 1/rate). With N processes sharing
+    a total rate R, process i runs at R/N with first = (i+1)/R, so together they send every 1/R
+    (all starting at t0 + 1/R would send in bursts of N). poisson: exponential gaps from t0 (the
+    merged arrivals of independent Poisson processes are Poisson at the summed rate)."""
+    if arrival == "constant":
+        t = t0 + (1.0 / rate if first is None else first)
+        while True:
+            yield t
+            t += 1.0 / rate
+    t = t0
+    while True:
+        t += rng.expovariate(rate)
+        yield t
 
 
 def _make_request(cfg: LoadConfig, prompt: str, out_len: int, rid: str):
@@ -502,12 +529,10 @@ async def _run_part(cfg: LoadConfig, part: _Part, builder: PromptBuilder,
 
             async def arrivals():
                 inner = []
-                t_next = t0
+                schedule = arrival_times(part.request_rate, cfg.arrival, rng, t0, part.first_arrival)
                 try:
                     while True:
-                        gap = (rng.expovariate(part.request_rate) if cfg.arrival == "poisson"
-                               else 1.0 / part.request_rate)
-                        t_next += gap
+                        t_next = next(schedule)
                         if t_next >= deadline:
                             break
                         delay = t_next - time.perf_counter()
@@ -546,6 +571,10 @@ async def _run_part(cfg: LoadConfig, part: _Part, builder: PromptBuilder,
                     pass
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         await lag.stop()
+    if stop_issue["t"] is None and deadline < math.inf:
+        # No worker ran dry: every request outlived the duration (and the drain). Issuing stopped
+        # at the deadline all the same; that ends the steady window.
+        stop_issue["t"] = deadline
     return {"records": records, "t0": t0, "stop_issue": stop_issue["t"], "cpu": cpu, "wall": wall,
             "lags": lag.lags, "warmup_errors": warm_errors}
 
@@ -571,10 +600,13 @@ def _parts(cfg: LoadConfig, nproc: int) -> list[_Part]:
                 given += n
         return [_Part(i, conc[i], None, None, reqs[i], _split(cfg.warmup, nproc)[i], cfg.seed * 1000 + i)
                 for i in range(nproc)]
+    if cfg.max_concurrency:
+        # Each process gets a cap of at least 1 (a 0 cap would mean no limit at all).
+        nproc = max(1, min(nproc, cfg.max_concurrency))
     reqs = _split(cfg.num_requests, nproc)
     maxc = _split(cfg.max_concurrency, nproc)
     return [_Part(i, None, cfg.request_rate / nproc, maxc[i], reqs[i], _split(cfg.warmup, nproc)[i],
-                  cfg.seed * 1000 + i) for i in range(nproc)]
+                  cfg.seed * 1000 + i, first_arrival=(i + 1) / cfg.request_rate) for i in range(nproc)]
 
 
 def _child(cfg: LoadConfig, part: _Part, results, ready, go_time, done_counter) -> None:
@@ -729,6 +761,7 @@ def summarize(records: list[RequestRecord], t0: float, stop_issue: float | None,
                         if duration > 0 else None),
     }
     steady = None
+    m["steady_window_s"] = None
     if stop_issue is not None and ends:
         w_end = min(stop_issue, max(ends))
         if w_end - t0 > 1e-3:
@@ -741,6 +774,7 @@ def summarize(records: list[RequestRecord], t0: float, stop_issue: float | None,
     series = {
         "ttft_ms": [r.ttft for r in ok if r.ttft is not None],
         "itl_ms": [g for r in ok for g in r.itl],
+        "inter_response_ms": [g for r in ok for g in r.response_gaps],
         "tpot_ms": tpot,
         "e2e_ms": [r.e2e for r in ok if r.e2e is not None],
     }

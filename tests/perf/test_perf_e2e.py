@@ -85,3 +85,14 @@ def test_perf_analyzer_runs_against_the_server(server, tmp_path):
     assert m["pa_requests_per_s"] > 0 and m["pa_responses_per_s"] > 0
     assert m["ttft_ms_p50"] > 0 and m["output_tokps"] > 0
     assert (tmp_path / "inputs_32_12.json").is_file()
+
+
+def test_loadgen_steady_window_when_no_request_ends_in_time(server):
+    # Every request outlives --duration and the (zero) drain: the steady window falls back to the
+    # deadline instead of going missing.
+    result = run_load(server.grpc_url, server.model, concurrency=1, input_len=IN, output_len=900, duration=0.5,
+                      drain_timeout=0.0, warmup=0, tokenizer=str(server.model_dir), progress=False)
+    m = result["metrics"]
+    assert m["requests_ok"] == 0 and m["requests_cancelled"] == 1 and result["errors"]["count"] == 0
+    assert m["steady_window_s"] == pytest.approx(0.5, abs=0.05)
+    assert m["steady_output_tokps"] is not None and m["steady_output_tokps"] > 0

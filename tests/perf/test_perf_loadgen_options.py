@@ -1,0 +1,75 @@
+"""Load-generator options and statistics fixed after review: constant arrivals over several
+processes, max-concurrency caps per process, inter-response gaps, the steady window when no
+request ends in time."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from perf.loadgen import LoadConfig, RequestRecord, _parts, arrival_times, summarize
+
+
+def merged_schedule(cfg: LoadConfig, nproc: int, count: int) -> list[float]:
+    """The first `count` send times of all processes together (t0 = 0)."""
+    times = []
+    for part in _parts(cfg, nproc):
+        gen = arrival_times(part.request_rate, cfg.arrival, random.Random(part.seed), 0.0, part.first_arrival)
+        times += list(itertools.islice(gen, count))
+    return sorted(times)[:count]
+
+
+@pytest.mark.parametrize("nproc", [1, 2, 3, 4])
+def test_constant_arrivals_stay_evenly_spaced_over_processes(nproc):
+    cfg = LoadConfig(concurrency=None, request_rate=8.0, arrival="constant", num_requests=40)
+    times = merged_schedule(cfg, nproc, 24)
+    # One request every 1/8 s from t0 + 1/8: no bursts of nproc requests at the same instant.
+    assert times == pytest.approx([(k + 1) / 8.0 for k in range(24)])
+
+
+def test_single_process_constant_schedule_unchanged():
+    gen = arrival_times(4.0, "constant", random.Random(0), t0=10.0)
+    assert list(itertools.islice(gen, 3)) == pytest.approx([10.25, 10.5, 10.75])
+
+
+def test_poisson_schedule_rate():
+    gen = arrival_times(50.0, "poisson", random.Random(1), t0=0.0)
+    times = list(itertools.islice(gen, 5000))
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert 5000 / times[-1] == pytest.approx(50.0, rel=0.05)
+
+
+@pytest.mark.parametrize("maxc,nproc", [(2, 4), (1, 8), (3, 3), (5, 2)])
+def test_max_concurrency_never_gives_a_process_a_zero_cap(maxc, nproc):
+    parts = _parts(LoadConfig(concurrency=None, request_rate=10.0, max_concurrency=maxc, num_requests=20), nproc)
+    caps = [p.max_concurrency for p in parts]
+    assert all(c >= 1 for c in caps) and sum(caps) == maxc   # 0 would mean "no limit"
+    assert len(parts) == min(nproc, maxc)
+    assert sum(p.request_rate for p in parts) == pytest.approx(10.0)
+    assert sum(p.num_requests for p in parts) == 20
+
+
+def test_inter_response_gaps_are_not_divided_by_tokens():
+    # Responses of 3, 2 and 1 tokens at 0.5, 0.7 and 0.75 s: ITL splits the 0.2 s gap over two
+    # tokens (0.1 each), the reader waited 0.2 s: that is the inter-response gap.
+    r = RequestRecord(0, 8, 6, start=0.0)
+    for t, n in [(0.5, 3), (0.7, 2), (0.72, 0), (0.75, 1)]:
+        r.add_response(t, n)
+    assert r.itl == pytest.approx([0.0, 0.0, 0.1, 0.1, 0.05])
+    assert r.response_gaps == pytest.approx([0.2, 0.05])   # the token-less response is not a gap
+    r.finish_reason = "length"
+    m = summarize([r], t0=0.0, stop_issue=1.0)
+    assert m["inter_response_ms_max"] == pytest.approx(200.0) and m["itl_ms_max"] == pytest.approx(100.0)
+    assert m["inter_response_ms_mean"] == pytest.approx(125.0)
+    assert m["inter_response_ms_p50"] == pytest.approx(125.0)
+    assert "itl_ms_p99" in m and "tpot_ms_mean" in m   # the existing fields stay
+
+
+def test_steady_window_key_always_present():
+    r = RequestRecord(0, 8, 6, start=0.0)
+    r.add_response(0.5, 1)
+    r.cancelled = True
+    assert summarize([r], t0=0.0, stop_issue=None)["steady_window_s"] is None
+    assert summarize([], t0=0.0, stop_issue=1.0)["steady_window_s"] is None
+    assert summarize([r], t0=0.0, stop_issue=2.0)["steady_window_s"] == pytest.approx(0.5)
