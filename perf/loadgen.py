@@ -32,6 +32,9 @@ inter-response gap, TPOT (per request (E2E-TTFT)/(n-1)) and E2E; output tokens/s
 (first send -> last response) and over the steady window (while the full load was held);
 requests/s; errors.
 
+Exit status: 0 when every point had a successful request and its errors (failed requests / all)
+are at most --max-error-rate (default 0: any error fails the run), else 1.
+
 Under heavy streaming one Python process can become the bottleneck (each token is one gRPC
 message, ~170 us of client CPU each); --processes splits the workers over several processes (auto:
 one per 16 streams, at most half the cores). `client_cpu_util` near 1.0 or a large
@@ -919,7 +922,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--sweep-rate", default=None, help="comma-separated request rates")
     mode.add_argument("--num-requests", type=int, default=None, help="measured requests per point")
     mode.add_argument("--requests-per-worker", type=float, default=None,
-                      help="sweep: num_requests = this x concurrency at each point")
+                      help="fixed concurrency (and --sweep points): num_requests = this x concurrency; "
+                           "not for request-rate points (bound those with --num-requests/--duration)")
     mode.add_argument("--duration", type=float, default=None, help="seconds to keep issuing requests")
     mode.add_argument("--drain-timeout", type=float, default=None,
                       help="cancel requests still running this long after issuing stopped")
@@ -945,6 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-requests", action="store_true", help="include every request's record")
     out.add_argument("--no-progress", action="store_true")
     out.add_argument("--request-timeout", type=float, default=600.0)
+    out.add_argument("--max-error-rate", type=float, default=0.0,
+                     help="exit 1 when a point's failed/all requests exceeds this (default 0: any error)")
     out.add_argument("--metrics-url", default=None,
                      help="Triton metrics host:port (e.g. 127.0.0.1:8002): adds the server's own numbers")
     return p
@@ -957,8 +963,35 @@ def default_tokenizer() -> str | None:
     return None
 
 
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations that would be ignored or could not run, before any work."""
+    sweep = args.sweep or args.sweep_rate
+    if args.requests_per_worker is not None:
+        if not sweep and args.request_rate is not None:
+            p.error("--requests-per-worker applies to fixed concurrency only: with --request-rate "
+                    "bound the run with --num-requests and/or --duration")
+        if args.sweep_rate and args.num_requests is None and args.duration is None:
+            p.error("--requests-per-worker sizes --sweep points only: --sweep-rate points need "
+                    "--num-requests and/or --duration")
+    if not 0.0 <= args.max_error_rate <= 1.0:
+        p.error("--max-error-rate is a fraction in [0, 1]")
+
+
+def exit_status(results: list[dict], max_error_rate: float = 0.0) -> int:
+    """0 when every point had a successful request and failed/all <= max_error_rate, else 1."""
+    for r in results:
+        m = r["metrics"]
+        if not m["requests_ok"]:
+            return 1
+        if m["requests_failed"] > max_error_rate * max(1, m["requests"]):
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     if args.tokenizer is None:
         args.tokenizer = default_tokenizer()
         if args.tokenizer:
@@ -1011,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results if sweep else results[0], indent=2))
-    return 0 if all(r["metrics"]["requests_ok"] > 0 for r in results) else 1
+    return exit_status(results, args.max_error_rate)
 
 
 if __name__ == "__main__":

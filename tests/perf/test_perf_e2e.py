@@ -96,3 +96,18 @@ def test_loadgen_steady_window_when_no_request_ends_in_time(server):
     assert m["requests_ok"] == 0 and m["requests_cancelled"] == 1 and result["errors"]["count"] == 0
     assert m["steady_window_s"] == pytest.approx(0.5, abs=0.05)
     assert m["steady_output_tokps"] is not None and m["steady_output_tokps"] > 0
+
+
+def test_loadgen_exit_status_counts_errors(server, tmp_path):
+    from perf.loadgen import main
+    # Prompts of 1000 +- 60 tokens against max_model_len 1024: some are refused, some served.
+    argv = ["--url", server.grpc_url, "--model", server.model, "--concurrency", "2", "--input-len", "1000",
+            "--input-dist", "uniform", "--input-spread", "60", "--output-len", "4", "--num-requests", "8",
+            "--warmup", "0", "--tokenizer", str(server.model_dir), "--no-progress", "--request-timeout", "60",
+            "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 1
+    import json
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert 0 < m["requests_failed"] < 8 and m["requests_ok"] > 0, m
+    assert main(argv + ["--max-error-rate", "0.9"]) == 0
+    assert m["inter_response_ms_p50"] is not None

@@ -1,6 +1,6 @@
 """Load-generator options and statistics fixed after review: constant arrivals over several
 processes, max-concurrency caps per process, inter-response gaps, the steady window when no
-request ends in time."""
+request ends in time, argument checks and the exit status."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from perf.loadgen import LoadConfig, RequestRecord, _parts, arrival_times, summarize
+from perf.loadgen import (LoadConfig, RequestRecord, _parts, arrival_times, build_parser, check_args,
+                          exit_status, main, summarize)
 
 
 def merged_schedule(cfg: LoadConfig, nproc: int, count: int) -> list[float]:
@@ -73,3 +74,55 @@ def test_steady_window_key_always_present():
     assert summarize([r], t0=0.0, stop_issue=None)["steady_window_s"] is None
     assert summarize([], t0=0.0, stop_issue=1.0)["steady_window_s"] is None
     assert summarize([r], t0=0.0, stop_issue=2.0)["steady_window_s"] == pytest.approx(0.5)
+
+
+def args_of(*argv):
+    p = build_parser()
+    a = p.parse_args(list(argv))
+    check_args(p, a)
+    return a
+
+
+@pytest.mark.parametrize("argv", [
+    ["--request-rate", "4", "--requests-per-worker", "2"],
+    ["--request-rate", "4", "--requests-per-worker", "2", "--duration", "5"],   # would be ignored
+    ["--sweep-rate", "1,2", "--requests-per-worker", "2"],
+    ["--max-error-rate", "2"],
+])
+def test_bad_option_combinations_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        args_of(*argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--request-rate", "4"],                                            # 100 requests by default
+    ["--request-rate", "4", "--duration", "5"],
+    ["--requests-per-worker", "2"],
+    ["--sweep", "1,2", "--requests-per-worker", "2"],
+    ["--sweep", "1,2", "--sweep-rate", "3", "--requests-per-worker", "2", "--duration", "5"],
+])
+def test_good_option_combinations_pass(argv):
+    args_of(*argv)
+
+
+def test_main_rejects_rate_with_requests_per_worker_without_a_traceback(capsys):
+    # Used to reach LoadConfig.validate() and die with a ValueError traceback.
+    with pytest.raises(SystemExit) as info:
+        main(["--url", "127.0.0.1:1", "--request-rate", "4", "--requests-per-worker", "2", "--no-progress"])
+    assert info.value.code == 2
+    assert "--requests-per-worker" in capsys.readouterr().err
+
+
+def point(ok, failed, cancelled=0):
+    return {"metrics": {"requests": ok + failed + cancelled, "requests_ok": ok, "requests_failed": failed}}
+
+
+def test_exit_status():
+    assert exit_status([point(10, 0)]) == 0
+    assert exit_status([point(10, 1)]) == 1                      # any error fails by default
+    assert exit_status([point(9, 1)], max_error_rate=0.1) == 0
+    assert exit_status([point(8, 2)], max_error_rate=0.1) == 1
+    assert exit_status([point(10, 0), point(0, 0, 3)]) == 1      # a point with no successful request
+    assert exit_status([point(10, 0, 5)]) == 0                   # drained (cancelled) requests are not errors
