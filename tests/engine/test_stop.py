@@ -136,10 +136,11 @@ def test_stop_strings_completed_by_the_same_token_earliest_start_wins(i, referen
 
 
 def test_stop_string_at_the_start_and_absent(reference, tiny_model_dir, engine_factory):
-    ids, text, toks, ends = reference[1]
+    # A text that starts with whole characters (the random model's output may start with a
+    # stray byte, which decodes to U+FFFD; which one does depends on the machine's arithmetic).
+    ids, text, toks, ends = next(r for r in reference.values() if "\ufffd" not in r[1][:2])
     eng = engine_factory(tiny_model_dir)
     head = text[:2]
-    assert "\ufffd" not in head
     outs = stream(eng, ids, greedy(stop=[head], ignore_eos=True))
     assert joined(outs)[0] == "" and joined(outs)[2] == "stop"
     outs = stream(eng, ids, greedy(stop=["\x00never there"], ignore_eos=True))
