@@ -13,7 +13,7 @@ serve: setup
 test: setup
 	$(PY) -m pytest -q -ra tests
 
-test-fast: setup  ## skip the end-to-end server tests
+test-fast: setup  ## skip tests/e2e (other suites still start tritonserver: client, reliability, perf, deploy)
 	$(PY) -m pytest -q -ra tests --ignore=tests/e2e
 
 clean:
