@@ -13,13 +13,13 @@ mkdir -p /tmp/ts /tmp/site
 tar -xJf "$BUNDLE/tritonserver.tar.xz" -C /tmp/ts
 tar -xJf "$BUNDLE/perf_analyzer.tar.xz" -C /tmp/ts
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-  $(ls "$BUNDLE"/wheels/*.whl | grep -v numpy)
+  "$BUNDLE"/wheels/*.whl
 # The image's python3 is itself a venv (/opt/torch/.venv): a venv made from it does not see its
 # packages, so a .pth file appends them after the new venv's own (numpy 1.26 then wins).
 HOST_SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m venv /tmp/venv
 echo "$HOST_SITE" > "$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/host-packages.pth"
-/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile "$BUNDLE"/wheels/numpy-*.whl
+tar -xJf "$BUNDLE/numpy.tar.xz" -C "$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mkdir -p /tmp/ts/lib
 ln -sf "$(ls /tmp/ts/nvidia_pytriton.libs/libb64-*.so.0d | head -1)" /tmp/ts/lib/libb64.so.0d
 ln -sf "$(ls /tmp/ts/nvidia_pytriton.libs/libcudart-*.so.12* | head -1)" /tmp/ts/lib/libcudart.so.12
