@@ -7,6 +7,7 @@ gauges in between (a thread), giving flat `server_*` metrics:
 
   server_generation_tokps      generated tokens / wall time, as the server counted them
   server_ttft_ms_mean, server_itl_ms_mean, server_e2e_ms_mean   histogram sum/count deltas
+  server_ttft_observations, server_itl_observations, server_e2e_observations   count deltas
   server_requests_finished     by any finish reason; server_preemptions (delta)
   server_running_max, server_waiting_max, server_kv_usage_max   peaks of the polled gauges
   server_running_mean          mean of the polled running-batch size
@@ -88,6 +89,8 @@ def delta_metrics(before: dict, after: dict, seconds: float, gauges: dict[str, l
             m[f"server_{'requests_finished' if key == 'finished' else key}"] = v
     for key, base in HISTOGRAMS.items():
         s, c = d(base + "_sum"), d(base + "_count")
+        if c is not None:   # itl: one per generated token after each request's first, once published
+            m[f"server_{key}_observations"] = c
         if s is not None and c:
             m[f"server_{key}_ms_mean"] = s / c * 1000.0
     for key, values in gauges.items():
@@ -141,9 +144,10 @@ class MetricsSampler:
                     if name in snap:
                         self.gauges[key].append(snap[name])
 
-    # The model applies its request observations on its metrics thread, within ~20 ms of the last
-    # response (model_repository/llm/1/triton_metrics.py, FLUSH_S): let them land.
-    SETTLE_S = 0.2
+    # The model applies its request observations on its metrics thread within ~20 ms of the last
+    # response, and publishes inter-token latencies every 0.25 s (model_repository/llm/1/
+    # triton_metrics.py, FLUSH_S and ITL_PUBLISH_S): let them land.
+    SETTLE_S = 0.4
 
     def end(self) -> dict:
         if self._thread is None:

@@ -47,16 +47,28 @@ def test_metrics_move_as_requests_run(server):
                                   GenerateRequest(f"metrics probe {i}", max_tokens=max_tokens, temperature=0.0,
                                                   ignore_eos=True)))
         assert sum(c.num_output_tokens for c in chunks) == max_tokens
+    itl_count = "vllm:time_per_output_token_seconds_count"   # published every 0.25 s, not at once
     after = wait_for(lambda: (s := scrape(server)) and
                      s["vllm:request_success_total{finished_reason=\"length\"}"]
-                     >= before.get("vllm:request_success_total{finished_reason=\"length\"}", 0) + n_requests and s)
+                     >= before.get("vllm:request_success_total{finished_reason=\"length\"}", 0) + n_requests
+                     and s.get(itl_count, 0) > before.get(itl_count, 0) and s)
     assert after["vllm:generation_tokens_total"] - before.get("vllm:generation_tokens_total", 0) >= n_requests * max_tokens
     assert after["vllm:prompt_tokens_total"] > before.get("vllm:prompt_tokens_total", 0)
     assert after["vllm:time_to_first_token_seconds_count"] >= before.get("vllm:time_to_first_token_seconds_count", 0) + n_requests
     assert after["vllm:e2e_request_latency_seconds_sum"] > before.get("vllm:e2e_request_latency_seconds_sum", 0)
     # one inter-token observation per token after the first, also when outputs carried several
-    itl_count = "vllm:time_per_output_token_seconds_count"
+    time.sleep(0.6)   # a publish in progress when the wait ended lands too
+    after = scrape(server)
     assert after[itl_count] - before.get(itl_count, 0) == n_requests * (max_tokens - 1)
+    # The model counts that histogram itself and publishes its series as counters: they must
+    # still read as a histogram (cumulative buckets, +Inf = count, a plausible sum).
+    itl_buckets = sorted(((float(k.split('le="')[1].rstrip('"}')), v) for k, v in after.items()
+                          if k.startswith("vllm:time_per_output_token_seconds_bucket{")), key=lambda b: b[0])
+    assert len(itl_buckets) == 22 and itl_buckets[-1][0] == float("inf")
+    assert all(a[1] <= b[1] for a, b in zip(itl_buckets, itl_buckets[1:]))
+    assert itl_buckets[-1][1] == after[itl_count]
+    itl_sum = after["vllm:time_per_output_token_seconds_sum"]
+    assert 0 < itl_sum < after[itl_count] * 2.5   # every gap under the largest finite bucket here
     for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
                   "llm_kv_cache_blocks_used", "vllm:gpu_prefix_cache_hit_rate", "llm_engine_healthy"):
         assert gauge in after, gauge

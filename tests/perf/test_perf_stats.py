@@ -176,6 +176,6 @@ nv_inference_count{model="llm",version="1"} 12
               "vllm:time_to_first_token_seconds_sum": 0.1, "vllm:time_to_first_token_seconds_count": 2.0}
     m = delta_metrics(before, after, 2.0, {"running": [1.0, 3.0, 2.0], "waiting": [], "kv_usage": [0.5]})
     assert m["server_generation_tokps"] == 500.0 and m["server_requests_finished"] == 10
-    assert m["server_ttft_ms_mean"] == pytest.approx(50.0)
+    assert m["server_ttft_ms_mean"] == pytest.approx(50.0) and m["server_ttft_observations"] == 10
     assert m["server_running_max"] == 3.0 and m["server_running_mean"] == 2.0 and m["server_kv_usage_max"] == 0.5
     assert "server_waiting_max" not in m

@@ -9,9 +9,19 @@ responses, they were ~15% of its wall time at concurrency 128 on the H100 (py-sp
 perf/results/2026-11-24-h100/served_host_path/10_stub_wall_profile/), time in which no response
 went out. So `token_gaps` and `request_finished` only queue the observation; the metrics thread
 applies queued observations at most every FLUSH_S (and at close), before refreshing the gauges.
+
+The inter-token latency has one observation per generated token: tens of thousands a second on an
+H100, each of which, made with a Triton histogram's `observe`, is one message to the server and back
+(~80 us here, milliseconds when the stub's other threads hold the GIL). The metrics thread could not
+keep up: its queue grew without bound under load, the latencies reached /metrics minutes late, and
+every message also held up the server thread that passes the responses on. So that histogram is kept
+here (`CountedHistogram`: exact bucket counts, sum and count) and published every ITL_PUBLISH_S as
+counters in the histogram's own series (`_bucket{le}`, `_sum`, `_count`), a few messages whatever
+the token rate; PromQL's histogram_quantile() reads them as it reads a histogram.
 """
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -25,6 +35,40 @@ ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.0
 FINISH_REASONS = ("stop", "length", "abort", "error", "cancelled")
 REJECT_REASONS = ("invalid_argument", "unavailable", "internal")
 FLUSH_S = 0.02   # the longest a queued observation waits before it reaches Triton's metrics
+ITL_PUBLISH_S = 0.25   # ... and an inter-token latency (CountedHistogram), whatever the token rate
+
+
+class CountedHistogram:
+    """A Prometheus histogram counted here and published as counters: `<name>_bucket{le}` (cumulative,
+    as a histogram's), `<name>_sum` and `<name>_count`. One `publish` costs one server message per
+    series that changed, however many observations it carries. Used by one thread (the metrics one)."""
+
+    def __init__(self, family, name: str, description: str, labels: dict[str, str], buckets: list[float]):
+        counter = pb_utils.MetricFamily.COUNTER
+        self.bounds = list(buckets)
+        bucket_family = family(f"{name}_bucket", description, counter)
+        self._buckets = [bucket_family.Metric(labels={**labels, "le": f"{b:g}"}) for b in self.bounds]
+        self._buckets.append(bucket_family.Metric(labels={**labels, "le": "+Inf"}))
+        self._sum = family(f"{name}_sum", description, counter).Metric(labels=labels)
+        self._count = family(f"{name}_count", description, counter).Metric(labels=labels)
+        self._new = [0] * len(self._buckets)   # observations not published yet, per bucket (not cumulative)
+        self._new_sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self._new[bisect.bisect_left(self.bounds, value)] += count   # le: value <= bound
+        self._new_sum += value * count
+
+    def publish(self) -> None:
+        new, self._new = self._new, [0] * len(self._buckets)
+        total = 0
+        for bucket, n in zip(self._buckets, new):
+            total += n   # bucket le=b counts every observation <= b
+            if total:
+                bucket.increment(total)
+        if total:
+            self._sum.increment(self._new_sum)
+            self._count.increment(total)
+        self._new_sum = 0.0
 
 
 
@@ -50,8 +94,9 @@ class LLMMetrics:
         self.generation_tokens = _family("vllm:generation_tokens_total", "Generated tokens", C).Metric(labels=labels)
         self.ttft = _family("vllm:time_to_first_token_seconds", "Time to first token", H).Metric(
             labels=labels, buckets=LATENCY_BUCKETS)
-        self.itl = _family("vllm:time_per_output_token_seconds", "Inter-token latency", H).Metric(
-            labels=labels, buckets=ITL_BUCKETS)
+        self.itl = CountedHistogram(_family, "vllm:time_per_output_token_seconds", "Inter-token latency",
+                                    labels, ITL_BUCKETS)
+        self._itl_published = time.monotonic()
         self.e2e = _family("vllm:e2e_request_latency_seconds", "End-to-end request latency", H).Metric(
             labels=labels, buckets=LATENCY_BUCKETS)
         success = _family("vllm:request_success_total", "Finished requests by finish reason", C)
@@ -99,9 +144,7 @@ class LLMMetrics:
                 self.rejected.get(item[0], self.rejected["internal"]).increment(1)
                 continue
             if len(item) == 2:
-                seconds, count = item
-                for _ in range(count):
-                    self.itl.observe(seconds)
+                self.itl.observe(*item)
                 continue
             reason, prompt_tokens, output_tokens, ttft_s, e2e_s = item
             self.prompt_tokens.increment(prompt_tokens)
@@ -127,11 +170,15 @@ class LLMMetrics:
     def _refresh_loop(self, period: float) -> None:
         next_refresh = time.monotonic() + period
         while not self._stop.is_set():
-            self._queued.wait(max(0.0, next_refresh - time.monotonic()))
+            self._queued.wait(max(0.0, min(next_refresh, self._itl_published + ITL_PUBLISH_S) - time.monotonic()))
             self._queued.clear()
             try:   # never let metrics take the model down
                 self._apply_pending()
-                if time.monotonic() >= next_refresh:
+                now = time.monotonic()
+                if now >= self._itl_published + ITL_PUBLISH_S:
+                    self.itl.publish()
+                    self._itl_published = now
+                if now >= next_refresh:
                     self.refresh()
                     next_refresh = time.monotonic() + period
             except Exception:
@@ -144,5 +191,6 @@ class LLMMetrics:
         self._thread.join(2)
         try:
             self._apply_pending()
+            self.itl.publish()
         except Exception:
             pass
