@@ -138,21 +138,31 @@ class LLMMetrics:
         self._queued.set()
 
     def _apply_pending(self) -> None:
+        # Counters move once per flush by what queued up (one server message each), not per request.
+        counts: dict[int, list] = {}   # id(counter) -> [counter, n]: pybind objects, keyed by identity
+        prompt_total = output_total = 0
         while self._pending:
             item = self._pending.popleft()
-            if len(item) == 1:
-                self.rejected.get(item[0], self.rejected["internal"]).increment(1)
-                continue
             if len(item) == 2:
                 self.itl.observe(*item)
                 continue
-            reason, prompt_tokens, output_tokens, ttft_s, e2e_s = item
-            self.prompt_tokens.increment(prompt_tokens)
-            self.generation_tokens.increment(output_tokens)
-            if ttft_s is not None:
-                self.ttft.observe(ttft_s)
-            self.e2e.observe(e2e_s)
-            self.finished.get(reason, self.finished["error"]).increment(1)
+            if len(item) == 1:
+                counter = self.rejected.get(item[0], self.rejected["internal"])
+            else:
+                reason, prompt_tokens, output_tokens, ttft_s, e2e_s = item
+                prompt_total += prompt_tokens
+                output_total += output_tokens
+                if ttft_s is not None:
+                    self.ttft.observe(ttft_s)
+                self.e2e.observe(e2e_s)
+                counter = self.finished.get(reason, self.finished["error"])
+            counts.setdefault(id(counter), [counter, 0])[1] += 1
+        if prompt_total:
+            self.prompt_tokens.increment(prompt_total)
+        if output_total:
+            self.generation_tokens.increment(output_total)
+        for counter, n in counts.values():
+            counter.increment(n)
 
     def refresh(self) -> None:
         self.healthy.set(1 if self.is_healthy() else 0)
