@@ -113,7 +113,10 @@ class ClientError(Exception):
 
 # Messages the server sends (model_repository/llm/1/model.py, engine/loop.py, engine/remote.py,
 # engine/scheduler.py) -> the code the model meant (or, for a dead engine, UNAVAILABLE: retry
-# elsewhere). Matched case-insensitively as substrings; the first match wins.
+# elsewhere). Matched case-insensitively at the start of the message (each is how the server's
+# message begins): a bad request's message quotes the client's own value back
+# ("max_tokens: must be an integer, got 'the engine has stopped'"), and matched anywhere that
+# made an invalid request look retryable.
 _MESSAGE_CODES = (
     ("request cancelled by the client", "CANCELLED"),
     ("the waiting queue is full", "UNAVAILABLE"),
@@ -130,9 +133,9 @@ _MESSAGE_CODES = (
 
 def code_from_message(message: str) -> str | None:
     """The status code a known server error message stands for, or None."""
-    text = (message or "").lower()
+    text = (message or "").lower().lstrip()
     for needle, code in _MESSAGE_CODES:
-        if needle in text:
+        if text.startswith(needle):
             return code
     if text.startswith("internal error"):
         return "INTERNAL"

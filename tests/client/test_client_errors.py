@@ -66,6 +66,9 @@ def test_http_status_mapping(status, body, code, message):
     ("internal error: ValueError: x", "INTERNAL"),
     ("internal error sending the response: OSError: y", "INTERNAL"),
     ("max_tokens must be at least 1, got -1.", "UNKNOWN"),
+    # A bad request that quotes the client's own value: still not retryable.
+    ("max_tokens: must be an integer, got 'the engine has stopped'", "UNKNOWN"),
+    ("stop: got 'request aborted' twice", "UNKNOWN"),
 ])
 def test_grpc_in_stream_error_code_from_message(message, code):
     e = error_from_grpc(InferenceServerException(message))
