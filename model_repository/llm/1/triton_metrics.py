@@ -16,10 +16,10 @@ H100, each of which, made with a Triton histogram's `observe`, is one message to
 keep up: its queue grew without bound under load (at the end of a c128 point on the H100 fewer than
 half of the point's latencies, and none of its token counts, had reached /metrics:
 perf/results/2026-12-07-h100/itl_metrics_ab/), and every message also held up the server thread
-that passes the responses on. So that histogram is kept
-here (`CountedHistogram`: exact bucket counts, sum and count) and published every ITL_PUBLISH_S as
-counters in the histogram's own series (`_bucket{le}`, `_sum`, `_count`), a few messages whatever
-the token rate; PromQL's histogram_quantile() reads them as it reads a histogram.
+that passes the responses on. So that histogram is kept here (`CountedHistogram`: exact bucket
+counts, sum and count) and published every ITL_PUBLISH_S as counters in the histogram's own series
+(`_bucket{le}`, `_sum`, `_count`), a few messages whatever the token rate; PromQL's
+histogram_quantile() reads them as it reads a histogram.
 """
 from __future__ import annotations
 
