@@ -58,7 +58,7 @@ from engine.engine import EngineStats, RequestLimits, check_request, load_tokeni
 from engine.loop import EngineDead, EngineLoop, deliver_outputs, error_kind_of, merge_outputs, rest_after_delivery
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
-from engine.sequence import ERROR_UNAVAILABLE, RequestOutput
+from engine.sequence import RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -309,17 +309,19 @@ class RemoteEngineLoop:
             # The stub's main thread (Triton's execute: new requests) needs the GIL too: rest as
             # EngineLoop's delivery does, while outputs arriving meanwhile merge.
             rest_after_delivery(time.perf_counter() - started)
-        # This shard's requests that the child never finished: an error each. After a shutdown
-        # (the child's own abort timed out) they may be retried elsewhere, as EngineLoop's
-        # aborted ones; after a crash they fail as in EngineLoop's fatal step.
-        message = self.fatal_error or "the engine is shutting down"
-        kind = None if self.fatal_error else ERROR_UNAVAILABLE
+        # This shard's requests that the child never finished. After a shutdown (the child's own
+        # abort timed out) they end as EngineLoop's aborted ones do (finish_reason "abort": the
+        # adapter tells the client to retry elsewhere and counts them as aborted, not refused);
+        # after a crash they fail as in EngineLoop's fatal step.
         with self._lock:
             pending = [(rid, cb) for rid, cb in self._callbacks.items() if self._shard_of(rid) is shard]
             for rid, _ in pending:
                 del self._callbacks[rid]
-        self._deliver_to([(cb, RequestOutput(rid, "", [], True, "error", error=message, error_kind=kind))
-                          for rid, cb in pending])
+        if self.fatal_error:
+            last = [RequestOutput(rid, "", [], True, "error", error=self.fatal_error) for rid, _ in pending]
+        else:
+            last = [RequestOutput(rid, "", [], True, "abort") for rid, _ in pending]
+        self._deliver_to([(cb, out) for (_, cb), out in zip(pending, last)])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         groups: dict[str, list[RequestOutput]] = {}   # a request's outputs, in order

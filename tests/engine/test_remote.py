@@ -170,6 +170,21 @@ def test_shutdown_aborts_requests_in_flight(gqa, remote):
     assert not loop.healthy
 
 
+def test_requests_a_shutdown_leaves_unfinished_end_as_aborted(gqa, remote):
+    """The child exits during a shutdown without finishing a request (its own abort timed out):
+    the request ends as an aborted one (retry elsewhere), not as an error or a refusal."""
+    loop = remote(gqa)
+    col = Collector()
+    loop.submit("a", PROMPTS[0], greedy(400), col.callback("a"))
+    col.wait_first(["a"])
+    loop._stopping = True   # what shutdown() sets before it asks the child to stop
+    os.kill(loop._proc.pid, signal.SIGKILL)
+    col.wait(["a"])
+    last = col.outs["a"][-1]
+    assert last.finished and last.finish_reason == "abort" and last.error is None and last.error_kind is None
+    assert loop.fatal_error is None
+
+
 def test_delivery_rests_after_long_rounds_and_outputs_merge(gqa, remote, monkeypatch):
     """The stub's main thread (Triton's execute) needs the GIL too, so the delivery thread rests
     after long rounds as EngineLoop's does; tokens arriving meanwhile merge into fewer callbacks,
