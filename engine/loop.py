@@ -181,7 +181,8 @@ class EngineLoop:
 
     def abort(self, request_id: str) -> None:
         """Stop a request (client cancelled); it gets a final output with finish_reason 'abort'
-        at the start of the next engine step, and its KV blocks are freed."""
+        (or 'stop' when the text it held back completes a stop string) at the start of the next
+        engine step, and its KV blocks are freed."""
         with self._lock:
             self._aborts.append(request_id)
         self._wakeup.set()

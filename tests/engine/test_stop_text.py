@@ -166,6 +166,6 @@ def test_abort_drops_an_unfinished_character(eng):
     text, _, reason = feed(eng, SamplingParams(max_tokens=50), whole, "w", abort=True)
     assert (text, reason) == ("ok 😀", "abort")
     text, _, reason = feed(eng, SamplingParams(max_tokens=50, stop=["k 😀"]), whole, "s", abort=True)
-    # (a byte-level tokenizer shows the emoji, and stops on it, with its last token)
-    assert (text, reason) == ("o", "abort" if eng.byte_tokens is None and eng.tokenizer.token_to_id("▁x")
-                              else "stop")
+    # (a byte-level tokenizer shows the emoji, and stops on it, with its last token; the others
+    # hold it back and the abort's flush completes the stop string: a stop, not an abort, either way)
+    assert (text, reason) == ("o", "stop")
