@@ -99,8 +99,12 @@ def start_server(tmp: Path, repo: Path, model_dir: Path, timeout: float = 180.0,
             raise RuntimeError(f"tritonserver exited with {proc.returncode}:\n{server.log()[-4000:]}")
         try:
             with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return server
+                ready = r.status == 200
+            # Triton starts its metrics service ~40 ms after the HTTP one: a test that scrapes at
+            # once found the port closed (connection refused) once in a full run.
+            if ready:
+                urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=1).close()
+                return server
         except OSError:
             pass
         time.sleep(0.25)
