@@ -123,7 +123,21 @@ class GrpcStream(Iterator[Chunk]):
                 if client is not None:
                     client.stop_stream(cancel_requests=True)
                     client.close()
-                raise error_from_grpc(e) from None
+                raise error_from_grpc(self._cause_reported_to_callback(e)) from None
+
+    def _cause_reported_to_callback(self, e: Exception) -> Exception:
+        """When the stream failed before the request was queued (no server at the address: the
+        usual case), tritonclient refuses the request with a generic message ("The stream is no
+        longer in valid state, the error detail is reported through provided callback"), status
+        None, which would read as UNKNOWN; the cause (UNAVAILABLE: failed to connect) is in the
+        callback's queue, or about to be (its thread marks the stream inactive first)."""
+        if not isinstance(e, InferenceServerException) or e.status() is not None:
+            return e
+        try:
+            result, error = self._responses.get(timeout=2.0)
+        except queue.Empty:
+            return e
+        return error if error is not None else e
 
     def __next__(self) -> Chunk:
         if not self._started:

@@ -82,3 +82,37 @@ def test_rpc_level_status_wins_over_message():
     e = error_from_grpc(InferenceServerException("request cancelled by the client", status="StatusCode.UNAVAILABLE"))
     assert e.code == "UNAVAILABLE"
     assert code_from_message("Request for unknown model") is None
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_grpc_stream_to_no_server_is_unavailable():
+    """No server at the address: UNAVAILABLE (retryable) with the connection's cause, never
+    tritonclient's generic "stream is no longer in valid state" as UNKNOWN (which it raises when
+    its stream thread has already failed by the time the request is queued)."""
+    from client import GenerateRequest, stream_grpc
+    url = f"127.0.0.1:{_closed_port()}"
+    for _ in range(4):
+        with pytest.raises(ClientError) as info:
+            list(stream_grpc(url, "llm", GenerateRequest("hi", max_tokens=2), timeout=10))
+        assert info.value.code == "UNAVAILABLE", info.value
+        assert "no longer in valid state" not in info.value.message
+
+
+def test_async_grpc_stream_to_no_server_is_unavailable():
+    import asyncio
+
+    from client import AsyncGrpcClient, GenerateRequest
+
+    async def run():
+        async with AsyncGrpcClient(f"127.0.0.1:{_closed_port()}") as c:
+            return [chunk async for chunk in c.stream("llm", GenerateRequest("hi", max_tokens=2), timeout=10)]
+
+    with pytest.raises(ClientError) as info:
+        asyncio.run(run())
+    assert info.value.code == "UNAVAILABLE", info.value
