@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import queue
+import re
 import threading
 import time
 from typing import AsyncIterator, Iterator
@@ -33,6 +34,29 @@ def build_grpc_inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:
     return inputs
 
 
+# An error inside the stream is bare text. Besides the model's own phrases (code_from_message),
+# a bad request's message begins with the field at fault ("max_tokens: must be at least 1": the
+# engine's InvalidRequest), and Triton refuses an unknown model or tensor before the model sees
+# the request: INVALID_ARGUMENT / NOT_FOUND, as the same errors read over HTTP.
+_FIELD_AT_FAULT = re.compile(r"[a-z][a-z0-9_]*: ")
+_TRITON_PHRASES = (("request for unknown model", "NOT_FOUND"),
+                   ("unexpected inference input", "INVALID_ARGUMENT"),
+                   ("inference input '", "INVALID_ARGUMENT"))
+
+
+def _in_stream_code(message: str) -> str:
+    code = code_from_message(message)
+    if code is not None:
+        return code
+    if _FIELD_AT_FAULT.match(message):
+        return "INVALID_ARGUMENT"
+    text = message.lower()
+    for phrase, code in _TRITON_PHRASES:
+        if phrase in text:
+            return code
+    return "UNKNOWN"
+
+
 def error_from_grpc(exc: Exception) -> ClientError:
     if isinstance(exc, ClientError):
         return exc
@@ -42,7 +66,7 @@ def error_from_grpc(exc: Exception) -> ClientError:
         # The model's own messages say what kind of error it was (see code_from_message).
         status = exc.status()
         message = exc.message() or str(exc)
-        code = str(status).rsplit(".", 1)[-1] if status else (code_from_message(message) or "UNKNOWN")
+        code = str(status).rsplit(".", 1)[-1] if status else _in_stream_code(message)
         return ClientError(code, message)
     if isinstance(exc, grpc.RpcError):  # the aio client lets these through
         return ClientError(exc.code().name, exc.details() or str(exc))

@@ -98,9 +98,11 @@ class ClientError(Exception):
       CANCELLED          the request was cancelled (by this client)
       DEADLINE_EXCEEDED  the client's --timeout ran out
       INTERNAL           "internal error: ..." from the model
-      INVALID_ARGUMENT   a bad request (HTTP 400 with any other message); over gRPC such an
-                         in-stream error is UNKNOWN (Triton sends only its text)
+      INVALID_ARGUMENT   a bad request: HTTP 400 with any other message; over gRPC (bare text
+                         in the stream) a message that begins with the field at fault
+                         ("max_tokens: ...") or Triton's refusal of an input tensor
       NOT_FOUND          unknown model (both transports)
+      UNKNOWN            any other error inside a gRPC stream
 
     `http_status` is set for HTTP responses."""
 

@@ -159,13 +159,15 @@ def test_server_error_surfaces(srv, call):
         else:
             list(stream_http(srv.http_url, srv.model, BAD, timeout=TIMEOUT))
     assert "max_tokens" in info.value.message
+    assert info.value.code == "INVALID_ARGUMENT"   # the same over both transports
     if call.startswith("http"):
         assert 400 <= info.value.http_status < 500
 
 
 def test_unknown_model(srv):
-    with pytest.raises(ClientError, match="unknown model"):
+    with pytest.raises(ClientError, match="unknown model") as info:
         generate_grpc(srv.grpc_url, "no_such_model", GenerateRequest(PROMPT), timeout=TIMEOUT)
+    assert info.value.code == "NOT_FOUND"
     with pytest.raises(ClientError) as info:
         generate_http(srv.http_url, "no_such_model", GenerateRequest(PROMPT), timeout=TIMEOUT)
     assert info.value.code == "NOT_FOUND"

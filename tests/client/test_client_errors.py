@@ -66,16 +66,23 @@ def test_http_status_mapping(status, body, code, message):
     ("internal error: ValueError: x", "INTERNAL"),
     ("internal error sending the response: OSError: y", "INTERNAL"),
     ("max_tokens must be at least 1, got -1.", "UNKNOWN"),
-    # A bad request that quotes the client's own value: still not retryable.
-    ("max_tokens: must be an integer, got 'the engine has stopped'", "UNKNOWN"),
-    ("stop: got 'request aborted' twice", "UNKNOWN"),
+    # A bad request's message begins with the field at fault; one that quotes the client's own
+    # value is still not retryable.
+    ("max_tokens: must be at least 1, got -5", "INVALID_ARGUMENT"),
+    ("max_tokens: must be an integer, got 'the engine has stopped'", "INVALID_ARGUMENT"),
+    ("stop: got 'request aborted' twice", "INVALID_ARGUMENT"),
+    # Triton's own refusals before the model.
+    ("Request for unknown model: 'nope' is not found", "NOT_FOUND"),
+    ("[request id: <id_unknown>] unexpected inference input 'foo' for model 'llm'", "INVALID_ARGUMENT"),
+    ("[request id: <id_unknown>] inference input 'stream' data-type is 'INT32', but model 'llm' expects 'BOOL'",
+     "INVALID_ARGUMENT"),
 ])
 def test_grpc_in_stream_error_code_from_message(message, code):
     e = error_from_grpc(InferenceServerException(message))
     assert (e.code, e.message) == (code, message)
     # HTTP: every model error is a 400; the message decides, INVALID_ARGUMENT otherwise.
     h = error_from_http(400, b'{"error": %s}' % json.dumps(message).encode())
-    assert (h.code, h.http_status) == (code if code != "UNKNOWN" else "INVALID_ARGUMENT", 400)
+    assert (h.code, h.http_status) == (code if code not in ("UNKNOWN", "NOT_FOUND") else "INVALID_ARGUMENT", 400)
 
 
 def test_rpc_level_status_wins_over_message():
