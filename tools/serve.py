@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -96,6 +97,12 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
     return cmd + list(extra or []), env
 
 
+def printable(cmd: list[str]) -> list[str]:
+    """The command with the admin key hidden: the APIs it guards are closed because nobody knows
+    it, and the printed command ends up in logs."""
+    return [re.sub(r"(:admin-key=)[0-9a-f]+$", r"\1HIDDEN", arg) for arg in cmd]
+
+
 def drain_grace_s(exit_timeout_s: float) -> float:
     """How long running requests may go on after SIGTERM before the model aborts them: well inside
     tritonserver's exit timeout, past which Triton 2.51 crashes with responses still pending."""
@@ -123,7 +130,7 @@ def main() -> None:
     model_dir = env.get("MODEL_DIR")
     print(("MODEL_DIR=" + shlex.quote(model_dir) + " " if model_dir else "")
           + ("LLM_UNLOAD_ON_ENGINE_FAILURE=1 " if args.unload_on_engine_failure else "")
-          + f"PATH={shlex.quote(env['PATH'].split(os.pathsep)[0])}:$PATH " + shlex.join(cmd), flush=True)
+          + f"PATH={shlex.quote(env['PATH'].split(os.pathsep)[0])}:$PATH " + shlex.join(printable(cmd)), flush=True)
     if args.dry_run:
         return
     sys.exit(run_with_drain(cmd, env, drain_grace_s(args.exit_timeout)))

@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import REPO_ROOT
+from tools.serve import ADMIN_APIS, server_command
 
 
 def _status(url: str, method: str = "GET", body: bytes | None = None) -> int:
@@ -64,9 +65,15 @@ def _dry_run(*args: str) -> str:
 def test_launcher_command_lines():
     default = _dry_run()
     assert "--model-control-mode=none" in default and "--load-model" not in default
-    assert "--http-restricted-api=model-repository,shared-memory,trace,logging:admin-key=" in default
-    assert "--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:admin-key=" in default
-    assert _dry_run() != default, "the admin key must be new for every launch"
+    assert "--http-restricted-api=model-repository,shared-memory,trace,logging:admin-key=HIDDEN" in default
+    assert "--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:admin-key=HIDDEN" in default
+    keys = set()
+    for _ in range(2):   # the key itself: new for every launch, never printed
+        cmd, _env = server_command(REPO_ROOT / "model_repository", 8000, 8001, 8002)
+        key = next(a for a in cmd if a.startswith("--http-restricted-api=")).rsplit("admin-key=", 1)[1]
+        assert len(key) == 32 and key not in default and f"--grpc-restricted-protocol={ADMIN_APIS}:admin-key={key}" in cmd
+        keys.add(key)
+    assert len(keys) == 2, "the admin key must be new for every launch"
     unload = _dry_run("--unload-on-engine-failure")
     assert "--model-control-mode=explicit --load-model=*" in unload.replace("'", "")
     assert "LLM_UNLOAD_ON_ENGINE_FAILURE=1" in unload and "--http-restricted-api=" in unload
