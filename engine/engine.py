@@ -169,13 +169,12 @@ class LLMEngine:
         # The text held back is the output's too, but for what the request never finished: an
         # unfinished character, and a tail that may begin a stop string (sent, it could be the
         # start of one that would have matched). What the detokenizer held back is checked for
-        # stop strings first, as it would have been had the request gone on.
-        # A stop string that text completes ends the request as it would have had it gone on
-        # (finish_reason "stop", the text cut there): it is a complete answer, not an aborted one.
+        # stop strings first, as it would have been had the request gone on: a stop string it
+        # completes ends the request there, finish_reason "stop" (a complete answer).
         seq.output_text += seq.detokenizer.flush(drop_incomplete=True)
-        if seq.params.stop and self._check_stop_strings(seq):
-            return self._output(seq)
         if seq.params.stop:
+            if self._check_stop_strings(seq):
+                return self._output(seq)
             self._drop_stop_string_start(seq)
         seq.finish_reason = "abort"
         return self._output(seq)
