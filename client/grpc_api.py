@@ -41,6 +41,7 @@ def build_grpc_inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:
 _FIELD_AT_FAULT = re.compile(r"[a-z][a-z0-9_]*: ")
 _TRITON_PHRASES = (("request for unknown model", "NOT_FOUND"),
                    ("unexpected inference input", "INVALID_ARGUMENT"),
+                   ("unexpected shape for input", "INVALID_ARGUMENT"),
                    ("inference input '", "INVALID_ARGUMENT"))
 
 

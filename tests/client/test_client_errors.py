@@ -76,6 +76,8 @@ def test_http_status_mapping(status, body, code, message):
     ("[request id: <id_unknown>] unexpected inference input 'foo' for model 'llm'", "INVALID_ARGUMENT"),
     ("[request id: <id_unknown>] inference input 'stream' data-type is 'INT32', but model 'llm' expects 'BOOL'",
      "INVALID_ARGUMENT"),
+    ("[request id: <id_unknown>] unexpected shape for input 'text_input' for model 'llm'. Expected [1], got [2]. ",
+     "INVALID_ARGUMENT"),
 ])
 def test_grpc_in_stream_error_code_from_message(message, code):
     e = error_from_grpc(InferenceServerException(message))
