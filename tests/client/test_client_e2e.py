@@ -173,6 +173,38 @@ def test_unknown_model(srv):
     assert info.value.code == "NOT_FOUND"
 
 
+@pytest.mark.parametrize("bad", ["unknown_input", "wrong_datatype", "wrong_shape"])
+def test_triton_refusal_of_a_tensor_reads_invalid_argument(srv, bad):
+    """Triton refuses these before the model sees them; over gRPC its message arrives as bare
+    text in the stream, which the client reads as INVALID_ARGUMENT (HTTP says 400)."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from client.grpc_api import error_from_grpc
+
+    def tensor(name, dtype, value, shape=(1,)):
+        t = grpcclient.InferInput(name, list(shape), dtype)
+        t.set_data_from_numpy(np.array(value, dtype=np.object_ if dtype == "BYTES" else None).reshape(shape))
+        return t
+
+    inputs = {"unknown_input": [tensor("text_input", "BYTES", [b"hi"]), tensor("no_such_input", "BYTES", [b"x"])],
+              "wrong_datatype": [tensor("text_input", "BYTES", [b"hi"]), tensor("stream", "INT32", np.array([1], np.int32))],
+              "wrong_shape": [tensor("text_input", "BYTES", [b"a", b"b"], shape=(2,))]}[bad]
+    results = queue.Queue()
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        client.start_stream(callback=lambda result, error: results.put(error))
+        client.async_stream_infer(srv.model, inputs, enable_empty_final_response=True)
+        error = results.get(timeout=TIMEOUT)
+    finally:
+        client.stop_stream()
+        client.close()
+    e = error_from_grpc(error)
+    assert e.code == "INVALID_ARGUMENT", e
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "client", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": REPO})
