@@ -155,8 +155,9 @@ class GrpcStream(Iterator[Chunk]):
         usual case), tritonclient refuses the request with a generic message ("The stream is no
         longer in valid state, the error detail is reported through provided callback"), status
         None, which would read as UNKNOWN; the cause (UNAVAILABLE: failed to connect) is in the
-        callback's queue, or about to be (its thread marks the stream inactive first)."""
-        if not isinstance(e, InferenceServerException) or e.status() is not None:
+        callback's queue, or about to be (its thread marks the stream inactive first). Other
+        errors are raised as they are, without waiting."""
+        if not isinstance(e, InferenceServerException) or "no longer in valid state" not in (e.message() or ""):
             return e
         try:
             result, error = self._responses.get(timeout=2.0)
