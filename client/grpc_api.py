@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import queue
-import re
 import threading
 import time
 from typing import AsyncIterator, Iterator
@@ -17,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs, code_from_message
+from .request import Chunk, ClientError, GenerateRequest, Result, chunk_from_outputs, code_from_bare_text
 
 _OUTPUTS = ("text_output", "finish_reason", "cumulative_logprob", "logprobs",
             "num_input_tokens", "num_output_tokens")
@@ -34,40 +33,16 @@ def build_grpc_inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:
     return inputs
 
 
-# An error inside the stream is bare text. Besides the model's own phrases (code_from_message),
-# a bad request's message begins with the field at fault ("max_tokens: must be at least 1": the
-# engine's InvalidRequest), and Triton refuses an unknown model or tensor before the model sees
-# the request: INVALID_ARGUMENT / NOT_FOUND, as the same errors read over HTTP.
-_FIELD_AT_FAULT = re.compile(r"[a-z][a-z0-9_]*: ")
-_TRITON_PHRASES = (("request for unknown model", "NOT_FOUND"),
-                   ("unexpected inference input", "INVALID_ARGUMENT"),
-                   ("unexpected shape for input", "INVALID_ARGUMENT"),
-                   ("inference input '", "INVALID_ARGUMENT"))
-
-
-def _in_stream_code(message: str) -> str:
-    code = code_from_message(message)
-    if code is not None:
-        return code
-    if _FIELD_AT_FAULT.match(message):
-        return "INVALID_ARGUMENT"
-    text = message.lower()
-    for phrase, code in _TRITON_PHRASES:
-        if phrase in text:
-            return code
-    return "UNKNOWN"
-
-
 def error_from_grpc(exc: Exception) -> ClientError:
     if isinstance(exc, ClientError):
         return exc
     if isinstance(exc, InferenceServerException):
         # status() is "StatusCode.X" for RPC-level failures and None for an
         # error the model returned inside the stream (Triton sends only text).
-        # The model's own messages say what kind of error it was (see code_from_message).
+        # The model's own messages say what kind of error it was (see code_from_bare_text).
         status = exc.status()
         message = exc.message() or str(exc)
-        code = str(status).rsplit(".", 1)[-1] if status else _in_stream_code(message)
+        code = str(status).rsplit(".", 1)[-1] if status else code_from_bare_text(message)
         return ClientError(code, message)
     if isinstance(exc, grpc.RpcError):  # the aio client lets these through
         return ClientError(exc.code().name, exc.details() or str(exc))

@@ -4,6 +4,7 @@ error type, plus the mapping from a request to the model's input tensors."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -142,6 +143,31 @@ def code_from_message(message: str) -> str | None:
     if text.startswith("internal error"):
         return "INTERNAL"
     return None
+
+
+# An error inside a gRPC stream is bare text. Besides the model's own phrases (code_from_message),
+# a bad request's message begins with the field at fault ("max_tokens: must be at least 1": the
+# engine's InvalidRequest), and Triton refuses an unknown model or tensor before the model sees
+# the request: INVALID_ARGUMENT / NOT_FOUND, as the same errors read over HTTP.
+_FIELD_AT_FAULT = re.compile(r"[a-z][a-z0-9_]*: ")
+_TRITON_PHRASES = (("request for unknown model", "NOT_FOUND"),
+                   ("unexpected inference input", "INVALID_ARGUMENT"),
+                   ("unexpected shape for input", "INVALID_ARGUMENT"),
+                   ("inference input '", "INVALID_ARGUMENT"))
+
+
+def code_from_bare_text(message: str) -> str:
+    """The code of an error that reached the client as text alone (inside a gRPC stream)."""
+    code = code_from_message(message)
+    if code is not None:
+        return code
+    if _FIELD_AT_FAULT.match(message):
+        return "INVALID_ARGUMENT"
+    text = message.lower()
+    for phrase, code in _TRITON_PHRASES:
+        if phrase in text:
+            return code
+    return "UNKNOWN"
 
 
 @dataclass
