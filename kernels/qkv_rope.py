@@ -145,8 +145,8 @@ def qkv_rope_write_kv(x, w_qkv, num_q_heads, num_kv_heads, positions, cos_sin_ca
     with LLM_FUSED_QKV_ROPE=1 the fused kernel for steps of <= 16 rows.
 
     Off by default until measured on the GPU: it passes its tests in Triton's interpreter, but no
-    device run has compiled it or timed the engine with it yet (perf/results/2026-12-07-h100/
-    fused_qkv_rope/command.sh is the call that would)."""
+    device run has compiled it or timed the engine with it yet (on a GPU: its tests in
+    tests/kernels/test_kernels_qkv_rope.py, then `bash perf/ab_env_bs1.sh LLM_FUSED_QKV_ROPE`)."""
     head_dim = k_cache.shape[3]
     if (x.shape[0] <= MAX_SMALL_M and small_linear_on() and _fused_on()
             and (head_dim // 2) % PAIRS == 0):
