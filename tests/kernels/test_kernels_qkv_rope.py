@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_testing import DEVICE, SMALL_DTYPES, TOL, check_close, rope_cache
+from kernel_testing import DEVICE, SMALL_DTYPES, TOL, check_close, gpu_only, rope_cache
 from kernels import reference as ref_ops
 
 _dtype_ids = lambda d: str(d).split(".")[-1]  # noqa: E731
@@ -79,3 +79,17 @@ def test_fused_kernel_rejects_head_dims_it_cannot_pair():
     x, w, positions, cs, k_cache, v_cache, slots = _inputs(1, 2, 1, 16, 64, 16, torch.float32)
     with pytest.raises(AssertionError, match="multiple of 32"):
         fused_qkv_rope(x, w, 2, 1, positions, cs, k_cache, v_cache, slots)
+
+
+@gpu_only
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("hq,hkv,d,k", [(32, 8, 64, 2048), (32, 8, 128, 4096)], ids=["1b", "8b"])
+def test_fused_kernel_at_model_shapes(rows, hq, hkv, d, k):
+    """The Llama-3.2-1B and Llama-3-8B projections in bf16, with a 16-token page cache."""
+    from kernels.qkv_rope import fused_qkv_rope
+    x, w, positions, cs, k_cache, v_cache, slots = _inputs(rows, hq, hkv, d, k, 16, torch.bfloat16)
+    q_exp, kc_exp, vc_exp = _expected(x, w, hq, hkv, positions, cs, k_cache, v_cache, slots)
+    q = fused_qkv_rope(x, w, hq, hkv, positions, cs, k_cache, v_cache, slots)
+    check_close("fused qkv_rope q", q, q_exp, TOL[torch.bfloat16])
+    check_close("fused qkv_rope k_cache", k_cache, kc_exp, TOL[torch.bfloat16])
+    check_close("fused qkv_rope v_cache", v_cache, vc_exp, TOL[torch.bfloat16])
