@@ -2,17 +2,19 @@
 # Batch-1 decode of one checkpoint with an environment switch on and off, alternating, in one
 # device call (machines differ by 10-30%, so an A/B is only meaningful within one run).
 #
-#   bash perf/ab_env_bs1.sh VAR [ON OFF [ROUNDS]]      e.g.  bash perf/ab_env_bs1.sh LLM_FUSED_QKV_ROPE
+#   bash perf/ab_env_bs1.sh VAR [ON OFF [ROUNDS]]      e.g.  bash perf/ab_env_bs1.sh LLM_SMALL_LINEAR
 #
 # VAR=ON and VAR=OFF (default 1 and 0) each run perf/bench_engine.py --batches 1 ROUNDS times
-# (default 2) on a random-weight Llama-3.2-1B-shaped checkpoint built once; JSON and logs go to
-# $OUT (default perf/results/ab), with a summary of tok/s and the roofline ratio per run.
+# (default 2) on a random-weight checkpoint built once (SIZE, default llama-3.2-1b; any
+# tools/random_llama.py size); JSON and logs go to $OUT (default perf/results/ab), with a summary
+# of tok/s and the roofline ratio per run.
 set -u
 VAR=${1:?usage: ab_env_bs1.sh VAR [ON OFF [ROUNDS]]}; ON=${2:-1}; OFF=${3:-0}; ROUNDS=${4:-2}
 OUT=${OUT:-perf/results/ab}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-MODEL=${MODEL_DIR:-/tmp/ab_m1b}
-[ -f "$MODEL/config.json" ] || $PY -m tools.random_llama --size llama-3.2-1b --out "$MODEL" \
+SIZE=${SIZE:-llama-3.2-1b}
+MODEL=${MODEL_DIR:-/tmp/ab_$SIZE}
+[ -f "$MODEL/config.json" ] || $PY -m tools.random_llama --size "$SIZE" --out "$MODEL" \
     --dtype bfloat16 --device cuda > "$OUT/model.log" 2>&1 || { echo "checkpoint build failed, see $OUT/model.log"; exit 1; }
 for round in $(seq 1 "$ROUNDS"); do
   for value in "$ON" "$OFF"; do
