@@ -44,6 +44,7 @@ class LlamaModel:
         device = weights["embed"].device
         self.cos_sin = cos_sin_table(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling, device)
         self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
@@ -71,12 +72,16 @@ class LlamaModel:
 
     def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache, tile_seqs) -> torch.Tensor:
         cfg = self.cfg
+        T = h.shape[0]
+        qkv = self.ops.linear(h, self.w[f"{i}.qkv"])
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(T, cfg.num_heads, cfg.head_dim)
+        k = k.view(T, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(T, cfg.num_kv_heads, cfg.head_dim)
         k_cache, v_cache = cache
-        # Projection, RoPE and this step's K/V into the cache (one kernel for decode-sized steps).
-        q = self.ops.qkv_rope_write_kv(h, self.w[f"{i}.qkv"], cfg.num_heads, cfg.num_kv_heads,
-                                       x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
+        q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
         o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
                                      x.cu_seqlens_q, x.max_seqlen_q, self.scale,
                                      max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
                                      tile_seqs=tile_seqs)
-        return self.ops.linear(o.reshape(h.shape[0], self.q_size), self.w[f"{i}.o"])
+        return self.ops.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

@@ -30,7 +30,7 @@ from .activation import silu_and_mul
 from .heuristics import num_sms
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
-__all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "small_linear_on", "MAX_SMALL_M"]
+__all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M"]
 
 MAX_SMALL_M = 16
 
@@ -179,7 +179,7 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
 def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Tensor | None = None):
     """Triton-side version of reference.linear: our kernel for <= 16 rows, cuBLAS above that
     (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side)."""
-    if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and small_linear_on():
+    if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and _small_linear_on():
         n = w.shape[0] // 2 if gated else w.shape[0]
         return small_linear(x, w, choose_linear_config(n, w.shape[1], gated, x.device), gated=gated, out=out)
     if gated:   # cuBLAS, then our SiLU-and-mul kernel
@@ -189,6 +189,5 @@ def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Ten
 
 
 @functools.lru_cache(maxsize=None)
-def small_linear_on() -> bool:
-    """False under LLM_SMALL_LINEAR=0: cuBLAS for every row count."""
+def _small_linear_on() -> bool:
     return os.environ.get("LLM_SMALL_LINEAR", "1") != "0"

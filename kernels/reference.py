@@ -23,8 +23,6 @@ __all__ = [
     "fused_add_rms_norm",
     "apply_rope",
     "rope_and_write_kv",
-    "split_qkv",
-    "qkv_rope_write_kv",
     "silu_and_mul",
     "linear",
     "argmax_logsumexp",
@@ -176,24 +174,6 @@ def rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
     k_cache[blocks, offsets] = k_rot[keep].to(k_cache.dtype)
     v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
     return q_rot, k_rot
-
-
-def split_qkv(qkv, num_q_heads, num_kv_heads, head_dim):
-    """A packed projection [T, (Hq + 2 Hkv) D] -> views q [T, Hq, D], k, v [T, Hkv, D]."""
-    T = qkv.shape[0]
-    q_size, kv_size = num_q_heads * head_dim, num_kv_heads * head_dim
-    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-    return (q.view(T, num_q_heads, head_dim), k.view(T, num_kv_heads, head_dim),
-            v.view(T, num_kv_heads, head_dim))
-
-
-def qkv_rope_write_kv(x, w_qkv, num_q_heads, num_kv_heads, positions, cos_sin_cache,
-                      k_cache, v_cache, slot_mapping):
-    """The attention block's input: x [T, K] @ w_qkv.T (q, k, v heads stacked in the weight's
-    rows), then rope_and_write_kv. Returns the rotated q [T, Hq, D]."""
-    q, k, v = split_qkv(linear(x, w_qkv), num_q_heads, num_kv_heads, k_cache.shape[3])
-    q, _ = rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
-    return q
 
 
 # --------------------------------------------------------------------------

@@ -5,8 +5,6 @@ from .attention import AttnConfig, attention_tile_map, default_config, paged_att
 from .heuristics import choose_num_splits
 from .linear import linear
 from .norm import fused_add_rms_norm, rms_norm
-from .qkv_rope import qkv_rope_write_kv
-from .reference import split_qkv
 from .rope import apply_rope, rope_and_write_kv
 from .sampling import argmax_logsumexp
 
@@ -17,8 +15,6 @@ __all__ = [
     "fused_add_rms_norm",
     "apply_rope",
     "rope_and_write_kv",
-    "split_qkv",
-    "qkv_rope_write_kv",
     "silu_and_mul",
     "linear",
     "argmax_logsumexp",
