@@ -71,3 +71,52 @@ def test_linear_op_matches_reference(rows, gated):
         out = torch.full((rows, 192), float("nan"), device=DEVICE)
         assert triton_ops.linear(x, w, out=out) is out
         check_close("linear into out", out, ref, TOL[torch.float32])
+
+
+# (N, K): K a power of two or not (the slice is padded to the next one), N not a multiple of the
+# tile, and a K so long that a program holds a single row.
+ONE_ROW_SHAPES = [(64, 128), (100, 200), (33, 1000), (5, 12000)]
+
+
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
+@pytest.mark.parametrize("n,k", ONE_ROW_SHAPES)
+def test_one_row_linear(dtype, n, k):
+    """One row, each program holding its whole weight slice: x @ w.T, also into `out`."""
+    lin = _linear()
+    x = torch.randn(1, k, dtype=dtype, device=DEVICE)
+    w = torch.randn(n, k, dtype=dtype, device=DEVICE) / k ** 0.5
+    block_n = lin.one_row_tile(n, k, w.element_size())
+    padded_k = 1 << (k - 1).bit_length()
+    assert block_n is not None and block_n * padded_k * w.element_size() <= lin.ONE_ROW_SLICE_BYTES
+    ref = (x.double() @ w.double().T).to(dtype)
+    check_close(f"one_row_linear {n}x{k}", lin.one_row_linear(x, w, block_n), ref, TOL[dtype])
+    # A tile smaller than the largest that fits: more programs, the same result.
+    check_close(f"one_row_linear {n}x{k} narrow", lin.one_row_linear(x, w, max(1, block_n // 4)), ref, TOL[dtype])
+    out = torch.full((1, n), float("nan"), dtype=dtype, device=DEVICE)
+    assert lin.one_row_linear(x, w, block_n, out=out) is out
+    check_close("one_row_linear into out", out, ref, TOL[dtype])
+
+
+def test_one_row_tile_takes_only_weights_one_wave_holds():
+    """The 1B model's qkv and o projections (bf16, K = 2048) fit one wave of 64 KB slices on 132
+    SMs; its gate_up, down and the 8B projections do not, and take small_linear."""
+    lin = _linear()
+    assert lin.one_row_tile(3072, 2048, 2) == 16   # 192 programs <= 2 per SM
+    assert lin.one_row_tile(2048, 2048, 2) == 16
+    assert lin.one_row_tile(2048, 8192, 2) is None   # down: 512 programs of 4 rows
+    assert lin.one_row_tile(6144, 4096, 2) is None   # 8B qkv: 768 programs of 8 rows
+    assert lin.one_row_tile(16, 2 ** 16, 2) is None  # one row of K is more than a slice
+
+
+def test_linear_op_one_row_path_matches_small_linear(monkeypatch):
+    """linear() sends a single row to one_row_linear where the weight fits, and the result agrees
+    with small_linear's on the same input."""
+    lin = _linear()
+    x = torch.randn(1, 256, device=DEVICE)
+    w = torch.randn(96, 256, device=DEVICE) / 16
+    calls = []
+    real = lin.one_row_linear
+    monkeypatch.setattr(lin, "one_row_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = lin.linear(x, w)
+    assert calls, "a one-row linear over a small weight should take one_row_linear"
+    check_close("one_row vs small_linear", got, lin.small_linear(x, w), TOL[torch.float32])
