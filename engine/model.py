@@ -80,9 +80,8 @@ class LlamaModel:
         v = v.view(T, cfg.num_kv_heads, cfg.head_dim)
         k_cache, v_cache = cache
         q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
-        # The output projection goes in with the attention: a batch-1 decode's split partials are
-        # merged by the projection's kernel (kernels/attention.py).
-        return self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
-                                        x.cu_seqlens_q, x.max_seqlen_q, self.scale,
-                                        max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
-                                        tile_seqs=tile_seqs, o_proj=self.w[f"{i}.o"])
+        o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
+                                     x.cu_seqlens_q, x.max_seqlen_q, self.scale,
+                                     max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
+                                     tile_seqs=tile_seqs)
+        return self.ops.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])

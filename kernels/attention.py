@@ -46,7 +46,6 @@ import triton.language as tl
 
 from ._alloc import new_output
 from .heuristics import choose_num_splits, choose_prefill_splits
-from .linear import linear, one_row_merged_linear, one_row_on, one_row_tile
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
@@ -430,7 +429,7 @@ def _tile_seqs(cu_seqlens_q, num_q_tiles: int, block_q: int) -> torch.Tensor:
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
                     num_splits=None, config=None, max_context_len=None, tile_seqs=None,
-                    early_kv_cache=None, o_proj=None):
+                    early_kv_cache=None):
     """Triton version of reference.paged_attention (same signature).
 
     Extra keyword-only knobs: num_splits (None = choose_num_splits; 1 = no
@@ -445,9 +444,6 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     the split decode reads the tiles it reads before the PDL wait (default: the cache itself);
     tests pass a copy with this step's tokens made stale, to check that only tokens of earlier
     steps are read there (on the GPU the kernels before may still be writing this step's).
-    o_proj: the output projection's weight [N, Hq * D]; the result is then the projected [T, N].
-    A split single token's partials go straight to the projection (one_row_merged_linear), which
-    merges them itself: no merge kernel, and the projection's weight reads start under the attention.
     """
     _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     if q.stride(2) != 1:
@@ -459,7 +455,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     group_pad = triton.next_power_of_2(group)
     out = new_output((num_tokens, num_q_heads, head_dim), q.dtype, q.device)
     if num_tokens == 0 or num_seqs == 0 or max_seqlen_q <= 0:
-        return out if o_proj is None else linear(out.reshape(num_tokens, -1), o_proj)
+        return out
 
     if max_context_len is None:
         max_context_len = block_tables.shape[1] * page_size  # host-side upper bound
@@ -530,10 +526,6 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         launch(False, dec_config, dec_q, 0)
     else:
         launch(flat, config, block_q, 0)
-    if split and o_proj is not None and num_tokens == 1 and one_row_on():
-        block_n = one_row_tile(o_proj.shape[0], o_proj.shape[1], o_proj.element_size(), q.device)
-        if block_n is not None:
-            return one_row_merged_linear(part_m, part_l, part_acc, o_proj, block_n)
     if split:
         _merge_splits_kernel[(num_tokens, num_q_heads)](
             part_m, part_l, part_acc, out, num_splits, num_tokens,
@@ -542,7 +534,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)), PDL=pdl,
             num_warps=4 if head_dim >= 128 else 2, launch_pdl=pdl > 0,
         )
-    return out if o_proj is None else linear(out.reshape(num_tokens, -1), o_proj)
+    return out
 
 
 def default_softmax_scale(head_dim: int) -> float:

@@ -36,8 +36,7 @@ from .heuristics import num_sms
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
-           "one_row_linear", "one_row_merged_linear", "one_row_tile", "one_row_on",
-           "ONE_ROW_SLICE_BYTES"]
+           "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES"]
 
 MAX_SMALL_M = 16
 # Weight bytes each program of one_row_linear holds in registers: 64 KB is 64 registers a thread at
@@ -146,62 +145,6 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_wn,
     tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-@triton.jit
-def _one_row_merged_linear_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, w_ptr, out_ptr, N, num_splits,
-                                  stride_wn, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
-                                  HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
-                                  BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    """one_row_linear whose row is a split attention's output, merged here from its partials
-    ([splits, 1, heads(, head_dim)] fp32, kernels/attention.py) instead of by a kernel of its own."""
-    let_next_launch(PDL)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    heads = tl.arange(0, HEADS_PAD)
-    head_ok = heads < NUM_HEADS
-    cols = heads[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]   # [heads, head_dim]: K
-    w = tl.load(w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + cols[None, :, :],
-                mask=(offs_n < N)[:, None, None] & head_ok[None, :, None], other=0.0)
-    wait_for_previous(PDL)   # the weight slice is in flight; the partials are the attention's
-    splits = tl.arange(0, SPLITS_PAD)
-    sh_ok = (splits < num_splits)[:, None] & head_ok[None, :]
-    sh = splits[:, None] * NUM_HEADS + heads[None, :]
-    m = tl.load(part_m_ptr + sh, mask=sh_ok, other=float("-inf"))
-    l = tl.load(part_l_ptr + sh, mask=sh_ok, other=0.0)
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)   # a head no split saw (padding)
-    weight = tl.math.exp2(m - m_max[None, :])   # 0 where a split saw nothing (m = -inf)
-    den = tl.sum(weight * l, 0)
-    num = tl.zeros([HEADS_PAD, HEAD_DIM], dtype=tl.float32)
-    for s in range(num_splits):
-        w_s = tl.sum(tl.where(splits[:, None] == s, weight, 0.0), 0)   # [heads]
-        # Splits that saw nothing never wrote their accumulator: not read.
-        acc = tl.load(part_acc_ptr + s * NUM_HEADS * HEAD_DIM + cols,
-                      mask=(head_ok & (w_s > 0))[:, None], other=0.0)
-        num += w_s[:, None] * acc
-    # The attention output in the model's dtype, as the unfused path hands it to the projection.
-    x = (num / tl.where(den > 0, den, 1.0)[:, None]).to(w_ptr.dtype.element_ty).to(tl.float32)
-    acc = tl.sum(tl.sum(w.to(tl.float32) * x[None, :, :], axis=2), axis=1)
-    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
-
-
-def one_row_merged_linear(part_m: torch.Tensor, part_l: torch.Tensor, part_acc: torch.Tensor,
-                          w: torch.Tensor, block_n: int) -> torch.Tensor:
-    """Merge one token's split-attention partials (m, l: [splits, 1, heads]; acc: [splits, 1,
-    heads, head_dim], fp32) and project the result: [1, heads * head_dim] @ w[N, K].T -> [1, N] in
-    w's dtype. block_n as for one_row_linear (`one_row_tile(N, K, ...)`)."""
-    num_splits, num_tokens, num_heads, head_dim = part_acc.shape
-    assert num_tokens == 1 and part_m.shape == part_l.shape == (num_splits, 1, num_heads)
-    assert w.shape[1] == num_heads * head_dim and w.stride(1) == 1
-    assert head_dim == triton.next_power_of_2(head_dim)
-    N = w.shape[0]
-    out = new_output((1, N), w.dtype, w.device)
-    _one_row_merged_linear_kernel[(triton.cdiv(N, block_n),)](
-        part_m, part_l, part_acc, w, out, N, num_splits, w.stride(0),
-        NUM_HEADS=num_heads, HEADS_PAD=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
-        SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)), BLOCK_N=block_n,
-        PDL=(pdl := pdl_mode(w.device)), launch_pdl=pdl > 0, num_warps=ONE_ROW_WARPS)
-    return out
-
-
 def one_row_tile(n: int, k: int, itemsize: int, device: torch.device | None = None) -> int | None:
     """BLOCK_N of one_row_linear for an [n, k] weight, or None where the weight is too large for
     every program's slice to be resident at once (then the loads could not all be issued early)."""
@@ -295,7 +238,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Ten
     single row over a weight one wave of programs can hold, else small_linear), cuBLAS above that
     (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side)."""
     if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and _small_linear_on():
-        if x.shape[0] == 1 and not gated and one_row_on():
+        if x.shape[0] == 1 and not gated and _one_row_on():
             block_n = one_row_tile(w.shape[0], w.shape[1], w.element_size(), x.device)
             if block_n is not None:
                 return one_row_linear(x, w, block_n, out=out)
@@ -313,6 +256,6 @@ def _small_linear_on() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def one_row_on() -> bool:
+def _one_row_on() -> bool:
     """LLM_ONE_ROW_LINEAR=0: one row takes small_linear too (for side-by-side runs)."""
     return os.environ.get("LLM_ONE_ROW_LINEAR", "1") != "0"

@@ -62,7 +62,7 @@ def attention_tile_map(cu_seqlens_q, num_tokens, max_seqlen_q, num_q_heads, num_
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
                     num_splits=None, config=None, max_context_len=None, tile_seqs=None,
-                    early_kv_cache=None, o_proj=None):
+                    early_kv_cache=None):
     """Causal attention of packed query tokens over a paged KV cache.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
@@ -74,8 +74,6 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     ignored here, as is `early_kv_cache` (a test hook of the kernel's reads
     before its PDL wait).
     Rows of the output past cu_seqlens_q[-1] are zero.
-    o_proj: an output projection's weight [N, Hq * D]; when given, the result is the attention
-    output (in q's dtype) projected by it, [T, N].
     """
     del max_seqlen_q, num_splits, config, early_kv_cache  # for the kernel only
     T, Hq, D = q.shape
@@ -109,7 +107,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             probs = torch.softmax(scores, dim=-1)
             o = torch.einsum("hqk,khd->qhd", probs, v)
             out[q_begin + c0:q_begin + c1] = o.to(q.dtype)
-    return out if o_proj is None else linear(out.reshape(T, Hq * D), o_proj)
+    return out
 
 
 # --------------------------------------------------------------------------

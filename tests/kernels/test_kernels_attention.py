@@ -258,40 +258,6 @@ def test_split_heuristic():
 # Real shapes, bf16, on the GPU only
 # --------------------------------------------------------------------------
 
-# (qlens, context_lens, Hq, Hkv, head_dim, splits): one token split (its partials merged by the
-# projection's kernel, live splits fewer than the split count, a head count not a power of two),
-# one token unsplit, and several tokens (the merge kernel, then the linear layer).
-O_PROJ_CASES = [([1], [70], 4, 2, 64, 4), ([1], [9], 4, 1, 64, 8), ([1], [40], 6, 2, 32, 3),
-                ([1], [33], 4, 2, 64, 1), ([1, 1, 3], [20, 50, 9], 4, 2, 64, 3)]
-
-
-@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("qlens,ctxs,hq,hkv,d,splits", O_PROJ_CASES)
-def test_paged_attention_with_output_projection(dtype, qlens, ctxs, hq, hkv, d, splits):
-    """o_proj: the attention output (in the input dtype) projected by the given weight, the same
-    whichever path merges the splits."""
-    inputs = make_attention_inputs(qlens, ctxs, hq, hkv, d, 16, dtype)
-    w_o = torch.randn(40, hq * d, dtype=dtype, device=DEVICE) / (hq * d) ** 0.5
-    ref = ref_ops.paged_attention(**inputs, o_proj=w_o)
-    check_close("reference o_proj", ref,
-                ref_ops.linear(ref_ops.paged_attention(**inputs).reshape(sum(qlens), -1), w_o),
-                ATTN_TOL[dtype])
-    check_close(f"triton o_proj {qlens} {ctxs} splits={splits}",
-                _run_triton(inputs, num_splits=splits, o_proj=w_o), ref, ATTN_TOL[dtype])
-
-
-def test_split_token_goes_to_the_merging_projection(monkeypatch):
-    """A single split token is merged by one_row_merged_linear, not by the merge kernel."""
-    from kernels import attention
-    calls = []
-    real = attention.one_row_merged_linear
-    monkeypatch.setattr(attention, "one_row_merged_linear", lambda *a: calls.append(1) or real(*a))
-    inputs = make_attention_inputs([1], [50], 4, 2, 64, 16, torch.float32)
-    w_o = torch.randn(24, 256, device=DEVICE)
-    _run_triton(inputs, num_splits=4, o_proj=w_o)
-    assert calls == [1]
-
-
 def _random_lengths(n, lo, hi):
     return [random.randint(lo, hi) for _ in range(n)]
 
