@@ -145,6 +145,7 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_wn,
     tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
+@functools.lru_cache(maxsize=None)   # asked at every one-row call of an eager step
 def one_row_tile(n: int, k: int, itemsize: int, device: torch.device | None = None) -> int | None:
     """BLOCK_N of one_row_linear for an [n, k] weight, or None where the weight is too large for
     every program's slice to be resident at once (then the loads could not all be issued early)."""
