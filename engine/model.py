@@ -46,6 +46,10 @@ class LlamaModel:
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
+        # One sequence's one decode token (batch-1 decode) takes each layer's attention half as a
+        # single kernel where the ops have one for this shape (kernels/decode_block.py).
+        self.decode_block = ops.decode_block_fits(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                                                  cfg.head_dim, weights["embed"].dtype, device)
 
     def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
                 logits_out: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,18 +61,32 @@ class LlamaModel:
         tile_seqs = ops.attention_tile_map(x.cu_seqlens_q, h.shape[0], x.max_seqlen_q, cfg.num_heads,
                                            cfg.num_kv_heads, cfg.head_dim, h.dtype)
         residual = None
+        one_token = self.decode_block and h.shape[0] == 1 and x.block_tables.shape[0] == 1
         for i in range(cfg.num_layers):
-            if residual is None:
-                residual, h = h, ops.rms_norm(h, w[f"{i}.input_norm"], cfg.rms_norm_eps)
+            if one_token:
+                h, residual = self._one_token_attention(i, h, residual, x, kv_cache[i])
             else:
-                h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
-            h = self._attention(i, h, x, kv_cache[i], tile_seqs)
+                if residual is None:
+                    residual, h = h, ops.rms_norm(h, w[f"{i}.input_norm"], cfg.rms_norm_eps)
+                else:
+                    h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
+                h = self._attention(i, h, x, kv_cache[i], tile_seqs)
             h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps)
             h = ops.linear(ops.linear(h, w[f"{i}.gate_up"], gated=True), w[f"{i}.down"])
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
         h, residual = h[x.logits_indices], residual[x.logits_indices]
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
         return ops.linear(h, w["lm_head"], out=logits_out)
+
+    def _one_token_attention(self, i: int, h: torch.Tensor, residual: torch.Tensor | None,
+                             x: StepInputs, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input norm + _attention for a step of one token, in one op: (o output, new residual)."""
+        w = self.w
+        k_cache, v_cache = cache
+        return self.ops.decode_attention_block(
+            h, residual, w[f"{i}.input_norm"], w[f"{i}.qkv"], w[f"{i}.o"], self.cfg.rms_norm_eps,
+            x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping, x.block_tables,
+            x.context_lens, self.scale, max_context_len=x.max_context_len)
 
     def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache, tile_seqs) -> torch.Tensor:
         cfg = self.cfg

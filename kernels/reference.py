@@ -27,6 +27,8 @@ __all__ = [
     "linear",
     "argmax_logsumexp",
     "choose_num_splits",
+    "decode_attention_block",
+    "decode_block_fits",
 ]
 
 # Cap on the number of score elements materialised at once by the reference
@@ -174,6 +176,34 @@ def rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
     k_cache[blocks, offsets] = k_rot[keep].to(k_cache.dtype)
     v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
     return q_rot, k_rot
+
+
+def decode_attention_block(h, residual, norm_w, qkv_w, o_w, eps, positions, cos_sin_cache,
+                           k_cache, v_cache, slot_mapping, block_tables, context_lens, softmax_scale,
+                           *, max_context_len=None, fused=None, num_splits=None):
+    """The attention half of a layer for one sequence's one decode token: (fused add +) RMSNorm,
+    qkv projection, RoPE + K/V write, attention over the paged cache, o projection.
+    Returns (o projection [1, hidden], residual_out = h + residual, or h when residual is None).
+    The knobs after `*` tune the Triton kernel (kernels/decode_block.py) and are ignored here."""
+    del max_context_len, fused, num_splits
+    if residual is None:
+        x, residual_out = rms_norm(h, norm_w, eps), h
+    else:
+        x, residual_out = fused_add_rms_norm(h, residual, norm_w, eps)
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    q_size = o_w.shape[1]
+    kv_size = num_kv_heads * head_dim
+    q, k, v = linear(x, qkv_w).split([q_size, kv_size, kv_size], dim=-1)
+    q, _ = rope_and_write_kv(q.view(1, -1, head_dim), k.view(1, -1, head_dim), v.view(1, -1, head_dim),
+                             positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    cu_seqlens_q = torch.tensor([0, 1], dtype=torch.int32, device=h.device)
+    o = paged_attention(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, 1, softmax_scale)
+    return linear(o.reshape(1, q_size), o_w), residual_out
+
+
+def decode_block_fits(hidden, num_q_heads, num_kv_heads, head_dim, dtype, device):
+    """The reference runs a layer's ops one by one (the same computation): never the block."""
+    return False
 
 
 # --------------------------------------------------------------------------

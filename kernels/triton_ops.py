@@ -1,6 +1,7 @@
 """The Triton kernel set, with the same names and signatures as reference.py."""
 
 from .activation import silu_and_mul
+from .decode_block import decode_attention_block, decode_block_fits
 from .attention import AttnConfig, attention_tile_map, default_config, paged_attention
 from .heuristics import choose_num_splits
 from .linear import linear
@@ -21,4 +22,6 @@ __all__ = [
     "choose_num_splits",
     "AttnConfig",
     "default_config",
+    "decode_attention_block",
+    "decode_block_fits",
 ]
