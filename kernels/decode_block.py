@@ -271,6 +271,7 @@ def _decode_block_kernel(
             parts = tl.load(part_acc_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=has[:, None],
                             other=0.0, cache_modifier=".cg")
             m_max = tl.max(m, axis=0)
+            m_max = tl.where(m_max > float("-inf"), m_max, 0.0)   # no split had a token: no -inf - -inf
             wgt = tl.where(has, tl.math.exp2(m - m_max), 0.0)
             denom = tl.sum(wgt * l, axis=0)
             # denom is 0 only for an empty sequence (the inert inputs of a graph's warm-up).
@@ -371,7 +372,8 @@ def decode_attention_block(h, residual, norm_w, qkv_w, o_w, eps, positions, cos_
     assert h.shape == (1, hidden) and (residual is None or residual.shape == h.shape)
     assert block_tables.shape[0] == 1 and context_lens.shape == (1,) and positions.shape == (1,)
     assert qkv_w.shape == ((num_q_heads + 2 * num_kv_heads) * head_dim, hidden) and o_w.shape[0] == hidden
-    for t in (h, norm_w, qkv_w, o_w, cos_sin_cache):
+    assert norm_w.shape == (hidden,) and cos_sin_cache.shape[-1] == head_dim and v_cache.shape == k_cache.shape
+    for t in (h, residual if residual is not None else h, norm_w, qkv_w, o_w, cos_sin_cache):
         assert t.is_contiguous()
     assert block_tables.stride(1) == 1
     assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1

@@ -1,8 +1,8 @@
 """The Triton kernel set, with the same names and signatures as reference.py."""
 
 from .activation import silu_and_mul
-from .decode_block import decode_attention_block, decode_block_fits
 from .attention import AttnConfig, attention_tile_map, default_config, paged_attention
+from .decode_block import decode_attention_block, decode_block_fits
 from .heuristics import choose_num_splits
 from .linear import linear
 from .norm import fused_add_rms_norm, rms_norm

@@ -51,12 +51,20 @@ def _run(fn, inputs, **kw):
     return out, res, args["k_cache"], args["v_cache"]
 
 
-def _check(name, got, want, dtype):
+def _check(name, got, want, dtype, inputs):
+    """Outputs close to the reference's; in each cache the new token's row close and every other
+    row untouched (compared whole, a missing row would hide in a long context's tolerance)."""
     tol = ATTN_TOL[dtype]
     check_close(f"{name} out", got[0], want[0], tol)
     assert torch.equal(got[1], want[1]), f"{name}: residual_out differs from h + residual"
-    check_close(f"{name} k_cache", got[2], want[2], tol)
-    check_close(f"{name} v_cache", got[3], want[3], tol)
+    page = inputs["k_cache"].shape[1]
+    slot = inputs["slot_mapping"].item()
+    block, offset = slot // page, slot % page
+    for which, got_cache, want_cache in (("k", got[2], want[2]), ("v", got[3], want[3])):
+        check_close(f"{name} new {which} row", got_cache[block, offset], want_cache[block, offset], tol)
+        others = torch.ones(got_cache.shape[:2], dtype=torch.bool, device=got_cache.device)
+        others[block, offset] = False
+        assert torch.equal(got_cache[others], inputs[f"{which}_cache"][others]), f"{name}: {which} cache rows changed"
 
 
 # (ctx, programs, num_splits): a one-token context, contexts not a multiple of the page or the
@@ -75,7 +83,26 @@ def test_decode_block_phases_match_reference(monkeypatch, dtype, ctx, programs, 
     inputs = _inputs(ctx, 128, 4, 2, 32, dtype, with_residual)
     want = _run(ref_ops.decode_attention_block, inputs)
     got = _run(db.decode_attention_block, inputs, fused=False, num_splits=num_splits)
-    _check(f"phases ctx={ctx} p={programs} s={num_splits}", got, want, dtype)
+    _check(f"phases ctx={ctx} p={programs} s={num_splits}", got, want, dtype, inputs)
+    db._plan.cache_clear()
+
+
+@pytest.mark.parametrize("fused", [False] + ([True] if DEVICE == "cuda" else []), ids=lambda f: "fused" if f else "phases")
+def test_decode_block_inert_inputs(monkeypatch, fused):
+    """A CUDA graph's warm-up and capture run with every sequence empty (context 0, slot -1,
+    position 0): finite outputs (the attention part 0), and the caches untouched."""
+    db = _block()
+    if not fused:
+        monkeypatch.setattr(db, "_programs", lambda device: 8)
+        db._plan.cache_clear()
+    inputs = _inputs(1, 128, 4, 2, 32, torch.float32, True)
+    inputs.update(context_lens=torch.zeros_like(inputs["context_lens"]),
+                  slot_mapping=torch.full_like(inputs["slot_mapping"], -1),
+                  positions=torch.zeros_like(inputs["positions"]))
+    out, res, k_cache, v_cache = _run(db.decode_attention_block, inputs, fused=fused)
+    assert torch.equal(out, torch.zeros_like(out)), "no context: the attention output, and o's, is 0"
+    assert torch.equal(res, inputs["h"] + inputs["residual"])
+    assert torch.equal(k_cache, inputs["k_cache"]) and torch.equal(v_cache, inputs["v_cache"])
     db._plan.cache_clear()
 
 
@@ -106,14 +133,19 @@ def test_decode_block_is_opt_in(monkeypatch):
 def test_decode_block_fused_gpu(dtype, ctx, with_residual):
     """The 1B shape on the GPU's own grid: the fused launch (grid barriers) against the reference
     and, bit for bit, against the same phases launched one at a time; repeated launches reuse
-    the self-resetting barrier."""
+    the barrier counter, which each launch advances by three grid sizes (never reset)."""
     db = _block()
     inputs = _inputs(ctx, 2048, 32, 8, 64, dtype, with_residual)
     want = _run(ref_ops.decode_attention_block, inputs)
     phased = _run(db.decode_attention_block, inputs, fused=False)
-    for _ in range(3):
+    for i in range(3):
         fused = _run(db.decode_attention_block, inputs, fused=True)
-        _check(f"fused ctx={ctx}", fused, want, dtype)
+        counter = db._barrier_state(inputs["h"].device).item()
+        assert counter % db._programs(inputs["h"].device) == 0
+        if i > 0:
+            assert counter == previous + 3 * db._programs(inputs["h"].device)
+        previous = counter
+        _check(f"fused ctx={ctx}", fused, want, dtype, inputs)
         for a, b in zip(fused, phased):
             assert torch.equal(a, b), "fused and phased launches differ"
 
