@@ -353,6 +353,25 @@ def _paged_attention_kernel(
 
 
 @triton.jit
+def merge_split_partials(part_m_ptr, part_l_ptr, part_acc_ptr, part_row, split_ok, HEAD_DIM: tl.constexpr):
+    """One (token, head)'s output [HEAD_DIM] in fp32 from its split partials at rows `part_row`:
+    sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s. Splits that saw nothing (m = -inf) weigh 0
+    and may not have written acc; a token no split saw (an empty sequence) gets 0. The loads skip
+    L1: kernels/decode_block.py merges partials other programs of the same launch wrote."""
+    dims = tl.arange(0, HEAD_DIM)
+    m = tl.load(part_m_ptr + part_row, mask=split_ok, other=float("-inf"), cache_modifier=".cg")
+    seen = split_ok & (m > float("-inf"))
+    l = tl.load(part_l_ptr + part_row, mask=seen, other=0.0, cache_modifier=".cg")
+    acc = tl.load(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], mask=seen[:, None],
+                  other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)   # no -inf - -inf for an empty sequence
+    w = tl.where(seen, tl.math.exp2(m - m_max), 0.0)
+    denom = tl.sum(l * w, 0)
+    return tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+
+
+@triton.jit
 def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
                          num_splits, num_tokens, stride_ot, stride_oh,
                          NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -364,18 +383,8 @@ def _merge_splits_kernel(part_m_ptr, part_l_ptr, part_acc_ptr, out_ptr,
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, HEAD_DIM)
-    split_ok = splits < num_splits
     part_row = (splits * num_tokens + token) * NUM_Q_HEADS + head
-    m = tl.load(part_m_ptr + part_row, mask=split_ok, other=float("-inf"))
-    l = tl.load(part_l_ptr + part_row, mask=split_ok, other=0.0)
-    # Split 0 always sees position 0, so m_max is finite for real tokens.
-    m_max = tl.max(m, 0)
-    w = tl.math.exp2(m - m_max)
-    # Splits that saw nothing (m = -inf) weigh 0 and may not have written acc.
-    seen = split_ok & (m > float("-inf"))
-    acc = tl.load(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :],
-                  mask=seen[:, None], other=0.0)
-    o = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    o = merge_split_partials(part_m_ptr, part_l_ptr, part_acc_ptr, part_row, splits < num_splits, HEAD_DIM)
     tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
              o.to(out_ptr.dtype.element_ty))
 

@@ -43,7 +43,8 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._alloc import new_output
-from .heuristics import num_sms
+from .attention import merge_split_partials
+from .heuristics import device_num_sms
 from .pdl import pdl_mode
 
 __all__ = ["decode_attention_block", "decode_block_fits", "DecodeBlockPlan"]
@@ -263,19 +264,8 @@ def _decode_block_kernel(
         head = pid - (nprog - NUM_Q_HEADS)
         if head >= 0:
             s_idx = tl.arange(0, SPLITS_PAD)
-            s_ok = s_idx < num_splits
-            row = s_idx * NUM_Q_HEADS + head
-            m = tl.load(part_m_ptr + row, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-            has = m > float("-inf")
-            l = tl.load(part_l_ptr + row, mask=has, other=0.0, cache_modifier=".cg")
-            parts = tl.load(part_acc_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=has[:, None],
-                            other=0.0, cache_modifier=".cg")
-            m_max = tl.max(m, axis=0)
-            m_max = tl.where(m_max > float("-inf"), m_max, 0.0)   # no split had a token: no -inf - -inf
-            wgt = tl.where(has, tl.math.exp2(m - m_max), 0.0)
-            denom = tl.sum(wgt * l, axis=0)
-            # denom is 0 only for an empty sequence (the inert inputs of a graph's warm-up).
-            o = tl.sum(wgt[:, None] * parts, axis=0) / tl.where(denom > 0, denom, 1.0)
+            o = merge_split_partials(part_m_ptr, part_l_ptr, part_acc_ptr, s_idx * NUM_Q_HEADS + head,
+                                     s_idx < num_splits, HEAD_DIM)
             tl.store(attn_ptr + head * HEAD_DIM + d, o.to(attn_ptr.dtype.element_ty))
     if FIRST <= 2 and LAST >= 3:
         _grid_barrier(bar_ptr, bar_base + (3 - FIRST) * nprog)
@@ -328,7 +318,8 @@ def _plan(hidden, num_q_heads, num_kv_heads, head_dim, itemsize, programs) -> De
 
 
 def _programs(device: torch.device) -> int:
-    return num_sms(device.index if device.type == "cuda" else None)
+    """Grid size: one program per SM."""
+    return device_num_sms(device)
 
 
 def decode_block_fits(hidden: int, num_q_heads: int, num_kv_heads: int, head_dim: int,

@@ -31,6 +31,12 @@ def num_sms(device_index: int | None = None) -> int:
     return torch.cuda.get_device_properties(idx).multi_processor_count
 
 
+def device_num_sms(device: torch.device | None) -> int:
+    """num_sms of a tensor's device: its own count on CUDA, DEFAULT_NUM_SMS elsewhere (the CPU
+    interpreter)."""
+    return num_sms(device.index if device is not None and device.type == "cuda" else None)
+
+
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int,
                       max_seqlen_q: int = 1, device=None) -> int:
     """How many programs to split each sequence's KV range across.

@@ -32,7 +32,7 @@ import triton.language as tl
 from . import reference
 from ._alloc import new_output
 from .activation import silu_and_mul
-from .heuristics import num_sms
+from .heuristics import device_num_sms
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
@@ -154,7 +154,7 @@ def one_row_tile(n: int, k: int, itemsize: int, device: torch.device | None = No
     if rows < 1:
         return None
     block_n = 1 << (rows.bit_length() - 1)   # a power of two, <= rows
-    sms = _device_sms(device)
+    sms = device_num_sms(device)
     return block_n if triton.cdiv(n, block_n) <= ONE_ROW_PROGRAMS_PER_SM * sms else None
 
 
@@ -227,7 +227,7 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
         return LinearConfig(block_n=32, block_k=128, num_warps=2, num_stages=3)
     if n >= 65536:     # vocabulary projection: plenty of programs, wide tiles
         return LinearConfig(block_n=64, block_k=256, num_warps=4, num_stages=4)
-    sms = _device_sms(device)
+    sms = device_num_sms(device)
     if k >= 8192 and triton.cdiv(n, 32) <= sms // 2:
         # Few output rows over a long K (a 1B model's down projection): split K so every SM reads.
         return LinearConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=5)
@@ -249,11 +249,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Ten
         assert out is None, "the gated form returns a new tensor"
         return silu_and_mul(torch.nn.functional.linear(x, w))
     return reference.linear(x, w, out=out)
-
-
-def _device_sms(device: torch.device | None) -> int:
-    """SM count of a CUDA device (heuristics' default off CUDA, e.g. in the CPU interpreter)."""
-    return num_sms(device.index if device is not None and device.type == "cuda" else None)
 
 
 @functools.lru_cache(maxsize=None)

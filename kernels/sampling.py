@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import num_sms
+from .heuristics import device_num_sms
 
 __all__ = ["argmax_logsumexp"]
 
@@ -93,7 +93,7 @@ def argmax_logsumexp(logits: torch.Tensor, greedy_out: torch.Tensor | None = Non
     if rows == 0:
         return ids, lse
     # About two programs per SM, each chunk at least one block.
-    sms = num_sms(logits.device.index if logits.is_cuda else None)
+    sms = device_num_sms(logits.device)
     chunks = max(1, min(triton.cdiv(2 * sms, rows), triton.cdiv(vocab, _BLOCK), _MAX_CHUNKS))
     chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), _BLOCK) * _BLOCK
     chunks = triton.cdiv(vocab, chunk_len)
