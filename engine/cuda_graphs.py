@@ -7,14 +7,17 @@ buckets and token-count buckets for prefill/mixed steps) is captured once at sta
 its inputs into the graphs' static buffers and replays the graph of its shape.
 
 The graphs read their inputs from the runner's int64 input buffer, in the layout of step_shapes
-(the runner copies a step's packed inputs straight into it), and from a static int32 block-table
-buffer of the full width, so a replay costs one host-to-device copy, one table copy and the launch.
+(the runner copies a step's packed inputs straight into it); each graph's first kernel fills in
+the tokens still in flight from the runner's `feedback` buffer and makes the int32 inputs (block
+tables at the full width, which the attention kernels read), so a replay costs one host-to-device
+copy and the launch.
 
 Each graph also computes every row's greedy token and its log-probability (the sampler's
-argmax/logsumexp kernel, `greedy`): a step whose requests all sample greedily (the common case)
-then needs no sampling launches of its own, only the copy of those results to the host. Two
-Triton launches and their scratch tensors cost ~6% of the engine thread at batch 128 (py-spy,
-perf/results/2026-11-24-h100/served_host_path/).
+argmax/logsumexp kernel, `greedy`), writing the tokens into `feedback` (where the next step reads
+them) and both into pinned host memory at the address the step's inputs carry: a step whose
+requests all sample greedily (the common case) then needs no sampling launches of its own and no
+copy after the graph. Two Triton launches and their scratch tensors cost ~6% of the engine thread
+at batch 128 (py-spy, perf/results/2026-11-24-h100/served_host_path/).
 """
 from __future__ import annotations
 
@@ -24,25 +27,30 @@ import time
 import torch
 
 from engine.model import LlamaModel, StepInputs
-from engine.step_shapes import StepShape, step_inputs
+from engine.step_shapes import Int32Inputs, StepShape, step_inputs
 
 log = logging.getLogger(__name__)
 
 
 class StepGraphs:
     def __init__(self, model: LlamaModel, kv_cache, shapes: list[StepShape], inputs: torch.Tensor,
-                 max_blocks_per_seq: int, block_size: int, device: torch.device, argmax_logsumexp=None):
+                 feedback: torch.Tensor, max_blocks_per_seq: int, block_size: int, device: torch.device,
+                 argmax_logsumexp=None):
         """inputs: the runner's device buffer that each step's packed inputs are copied into
-        (int64, at least the largest shape's head_len long); the graphs read from it.
+        (int64, at least the largest shape's head_len + tables long); the graphs read from it.
+        feedback: int64, a row per sequence: where the previous step's sampled tokens are read
+        from and where the graphs' greedy tokens go.
         argmax_logsumexp: the sampler's kernel (kernels.sampling), captured after the forward."""
         self.model = model
         self.kv_cache = kv_cache
         self.shapes = shapes
         self.max_context_len = max_blocks_per_seq * block_size
+        max_seqs = max(s.num_seqs for s in shapes)
         assert inputs.dtype == torch.long and inputs.numel() >= max(s.head_len for s in shapes)
+        assert feedback.dtype == torch.long and feedback.numel() >= max_seqs
         self.flat = inputs
-        self.block_tables = torch.zeros((max(s.num_seqs for s in shapes), max_blocks_per_seq),
-                                        dtype=torch.int32, device=device)
+        self.feedback = feedback
+        self.int32 = Int32Inputs.empty(max_seqs, max_blocks_per_seq, device)
         self.graphs: dict[StepShape, torch.cuda.CUDAGraph] = {}
         # One logits buffer for all graphs, outside their memory pool: a graph's own output would
         # stay allocated in the pool, and at [256, 128k] fp32 that is 131 MB for each of ~100 graphs.
@@ -51,18 +59,19 @@ class StepGraphs:
         # The greedy results, as the sampler copies them to the host: [tokens S | log-probs S].
         self.argmax_logsumexp = argmax_logsumexp
         self.greedy_out = torch.empty(2 * max(s.num_seqs for s in shapes), dtype=torch.float64, device=device)
-        self.greedy_ids: dict[StepShape, torch.Tensor] = {}   # int64 [S], in each graph's pool
 
     def _inputs(self, shape: StepShape) -> StepInputs:
-        """The captured forward's inputs: views of the static buffers; the int32 casts of the
-        per-sequence arrays happen inside the graph."""
-        return step_inputs(self.flat, shape, self.block_tables[:shape.num_seqs], self.max_context_len)
+        """The captured forward's inputs: views of the static buffers, made ready by a kernel
+        inside the graph."""
+        return step_inputs(self.model.ops, self.flat, shape, self.feedback, self.int32, self.max_context_len)
 
     def fill_inert(self, shape: StepShape) -> None:
-        """Valid inputs for warm-up and capture: every token padding, every sequence empty."""
+        """Valid inputs for warm-up and capture: every token padding, every sequence empty, no
+        token to fill in, no table, no host address."""
         sl = shape.head_slices()
         self.flat.zero_()
         self.flat[sl["slot_mapping"]] = -1
+        self.flat[sl["fill_src"]] = -1
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -76,41 +85,33 @@ class StepGraphs:
             torch.cuda.empty_cache()   # the warm-up's activations go back, for the pool to take
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                ids = self._forward(shape)
-            if ids is not None:
-                self.greedy_ids[shape] = ids
+                self._forward(shape)
             pool = graph.pool() if pool is None else pool
             self.graphs[shape] = graph
         torch.cuda.synchronize()
         log.info("captured %d CUDA graphs (step shapes) in %.1f s", len(self.graphs), time.perf_counter() - t0)
 
-    def _forward(self, shape: StepShape) -> torch.Tensor | None:
+    def _forward(self, shape: StepShape) -> None:
         out = self.logits[:shape.num_seqs]
         self.model.forward(self._inputs(shape), self.kv_cache, out)
-        if self.argmax_logsumexp is None:
-            return None
-        ids, _ = self.argmax_logsumexp(out, greedy_out=self.greedy_out[:2 * shape.num_seqs])
-        return ids
+        if self.argmax_logsumexp is not None:
+            self.argmax_logsumexp(out, greedy_out=self.greedy_out[:2 * shape.num_seqs],
+                                  ids_out=self.feedback[:shape.num_seqs],
+                                  host_addr=self.flat[shape.head_slices()["greedy_host_addr"]])
 
     def greedy(self, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The last replay's greedy tokens of every row (int64 [S]) and [tokens | log-probs]
-        (float64 [2S]); valid until the next replay of any graph, like the logits (the ids live
-        in the graphs' shared memory pool, where another graph's scratch may lie: the engine
-        reads them, as the next step's prev_tokens, on the stream before that step's replay)."""
-        ids = self.greedy_ids.get(shape)
-        return None if ids is None else (ids, self.greedy_out[:2 * shape.num_seqs])
+        """The last replay's greedy tokens of every row (int64 [S], in `feedback`) and
+        [tokens | log-probs] (float64 [2S]) on the device; valid until the next replay."""
+        if self.argmax_logsumexp is None:
+            return None
+        return self.feedback[:shape.num_seqs], self.greedy_out[:2 * shape.num_seqs]
 
     def __contains__(self, shape: StepShape | None) -> bool:
         return shape in self.graphs
 
     @torch.inference_mode()
-    def replay(self, shape: StepShape, width: int) -> torch.Tensor:
-        """Run one step whose packed inputs (step_shapes layout, block tables `width` wide) are
-        in the inputs buffer. Returns the graph's logits buffer [S, vocab], valid until the next
-        replay."""
-        head = shape.head_len
-        if width:
-            self.block_tables[:shape.num_seqs, :width].copy_(
-                self.flat[head:head + shape.num_seqs * width].view(shape.num_seqs, width))
+    def replay(self, shape: StepShape) -> torch.Tensor:
+        """Run one step whose packed inputs (step_shapes layout) are in the inputs buffer.
+        Returns the graph's logits buffer [S, vocab], valid until the next replay."""
         self.graphs[shape].replay()
         return self.logits[:shape.num_seqs]

@@ -11,7 +11,7 @@ from engine.loader import fused_weights, load_state_dict
 from engine.cuda_graphs import StepGraphs
 from engine.model import LlamaModel, StepInputs
 from engine.scheduler import ScheduledBatch
-from engine.step_shapes import ShapeBuckets, StepShape, step_inputs
+from engine.step_shapes import Int32Inputs, ShapeBuckets, StepShape, step_inputs
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,32 @@ class ModelRunner:
         # On the GPU every step is padded to a bucket shape (step_shapes), captured as a CUDA
         # graph unless enforce_eager; the CPU runs steps as they come.
         self.buckets = self.graphs = None
-        self.last_greedy = None   # the last step's greedy results, when its graph computed them
+        # The last step's greedy results, when its graph computed them: (tokens on the device,
+        # [tokens | log-probs] on the device, the same in pinned host memory).
+        self.last_greedy = None
         max_blocks = -(-max_model_len // self.block_size)
         self.max_context_len = max_blocks * self.block_size
+        # The previous step's sampled tokens, one row per sampling sequence, where a step reads the
+        # tokens the host has not seen yet (asynchronous scheduling; prepare_step_inputs).
+        self.feedback = torch.zeros(max(config.max_num_seqs, 1), dtype=torch.long, device=self.device)
         if self.device.type == "cuda":
             self.buckets = ShapeBuckets(config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
             shapes = self.buckets.all_shapes()
             # Where each step's packed inputs land (step_shapes layout); the graphs read from it.
-            # (+2 per sequence: the indices that fill in tokens still in flight, see prepare)
-            self.inputs = torch.zeros(max(s.head_len + s.num_seqs * (max_blocks + 2) for s in shapes),
+            self.inputs = torch.zeros(max(s.head_len + s.num_seqs * max_blocks for s in shapes),
                                       dtype=torch.long, device=self.device)
             if not config.enforce_eager:
-                self.graphs = StepGraphs(self.model, self.kv_cache, shapes, self.inputs, max_blocks,
-                                         self.block_size, self.device, get_ops(self.device).argmax_logsumexp)
+                self.graphs = StepGraphs(self.model, self.kv_cache, shapes, self.inputs, self.feedback,
+                                         max_blocks, self.block_size, self.device,
+                                         get_ops(self.device).argmax_logsumexp)
                 self.graphs.capture()
+                # Pinned host buffers the graphs write their greedy results into, used in turn: a
+                # step's results are read before the step after next is launched (engine.step), so
+                # a buffer is never written while the host reads it.
+                rows = max(s.num_seqs for s in shapes)
+                self._greedy_host = [torch.zeros(2 * rows, dtype=torch.float64, pin_memory=True)
+                                     for _ in range(4)]
+                self._greedy_turn = 0
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_blocks, self.block_size,
                  self.num_blocks * self.bytes_per_block / 2**30)
 
@@ -111,14 +123,14 @@ class ModelRunner:
         return int(budget // self.bytes_per_block)
 
     def prepare(self, batch: ScheduledBatch, shape: StepShape | None,
-                prev_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+                greedy_host: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         """Pack the batch, padded to `shape` (None: unpadded), in the step_shapes layout and copy it
-        to the device in one transfer. Tokens still in flight (`seq.num_pending`) are read on the
-        device from `prev_tokens`, the previous step's sampled tokens. Returns (packed inputs on
-        the device, block-table width, number of sampling rows)."""
+        to the device in one transfer. Tokens still in flight (`seq.num_pending`) are marked to be
+        read on the device from `feedback`, the previous step's sampled tokens. greedy_host: the
+        pinned buffer the step's graph writes its greedy results to. Returns (packed inputs on the
+        device, block-table width, number of sampling rows)."""
         bs = self.block_size
-        input_ids, positions, slots, cu, ctx, logits_idx = [], [], [], [0], [], []
-        fill_dst, fill_src = [], []   # input_ids rows <- rows of prev_tokens
+        input_ids, positions, slots, cu, ctx, logits_idx, fill_src = [], [], [], [0], [], [], []
         n_tok = 0
         # Per sequence in Python, so every line here is paid ~100 times a step at high batch: a
         # decode (one token) takes the short path.
@@ -128,9 +140,9 @@ class ModelRunner:
             if n == 1:
                 if start < len(seq.token_ids):
                     input_ids.append(seq.token_ids[start])
+                    fill_src.append(-1)
                 else:   # its last token is in flight: read on the device
-                    assert seq.num_pending and prev_tokens is not None
-                    fill_dst.append(n_tok)
+                    assert seq.num_pending
                     fill_src.append(seq.pending_row)
                     input_ids.append(0)
                 positions.append(start)
@@ -142,6 +154,7 @@ class ModelRunner:
                 input_ids.extend(known)
                 positions.extend(range(start, end))
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+                fill_src.append(-1)
             n_tok += n
             cu.append(n_tok)
             ctx.append(start + n)
@@ -155,6 +168,7 @@ class ModelRunner:
             slots += [-1] * pad_t
             ctx += [0] * pad_s
             cu += [n_tok] * pad_s
+            fill_src += [-1] * pad_s
         logits_idx += [0] * (len(ctx) - num_sampling)   # one row per sequence; extras read row 0
         # Block tables through numpy, all rows in one assignment: one long context makes every row
         # that wide (a Python list of S x width ints cost milliseconds per step at 8k tokens of
@@ -164,13 +178,13 @@ class ModelRunner:
         arrays = [self._block_table_array(s) for s in batch.seqs]
         lengths = [len(a) for a in arrays]
         width = max(lengths)
-        head = input_ids + positions + slots + ctx + cu + logits_idx
-        n = len(head) + len(ctx) * width
-        total = n + 2 * len(fill_dst)
+        head = (input_ids + positions + slots + ctx + cu + logits_idx + fill_src
+                + [width, 0 if greedy_host is None else greedy_host.data_ptr()])
+        total = len(head) + len(ctx) * width
         staging = self._staging.take(total) if self._staging is not None else None
         flat_np = staging.numpy()[:total] if staging is not None else np.empty(total, dtype=np.int64)
         flat_np[:len(head)] = head
-        tables = flat_np[len(head):n].reshape(len(ctx), width)
+        tables = flat_np[len(head):total].reshape(len(ctx), width)
         blocks = np.concatenate(arrays)
         if len(blocks) == len(ctx) * width:   # every row full (no padding rows, equal lengths)
             tables.reshape(-1)[:] = blocks
@@ -178,7 +192,6 @@ class ModelRunner:
             tables[:] = 0
             rows = tables[:len(lengths)]
             rows[np.arange(width) < np.array(lengths)[:, None]] = blocks   # row-major, like `blocks`
-        flat_np[n:] = fill_dst + fill_src   # the fill indices ride behind the layout, same transfer
         if staging is None:
             packed = torch.from_numpy(flat_np)
         else:
@@ -186,11 +199,7 @@ class ModelRunner:
                       else torch.empty(total, dtype=torch.long, device=self.device))
             packed.copy_(staging[:total], non_blocking=True)
             self._staging.copy_queued()
-        if fill_dst:
-            k = len(fill_dst)
-            dst, src = packed[n:n + k], packed[n + k:n + 2 * k]
-            packed[:len(input_ids)].index_copy_(0, dst, prev_tokens.index_select(0, src))
-        return packed[:n], width, num_sampling
+        return packed, width, num_sampling
 
     @staticmethod
     def _block_table_array(seq) -> np.ndarray:
@@ -203,11 +212,11 @@ class ModelRunner:
         return cached[1]
 
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
-        """StepInputs as views of the packed inputs. A padded step gets the graphs' attention
-        bound too, so eager and replayed runs of one shape launch the same kernels."""
-        head = shape.head_len
-        tables = packed[head:head + shape.num_seqs * width].view(shape.num_seqs, width).to(torch.int32)
-        return step_inputs(packed, shape, tables, self.max_context_len if padded else None)
+        """The step's inputs outside a graph, made ready by the same kernel. A padded step gets the
+        graphs' attention bound too, so eager and replayed runs of one shape launch the same kernels."""
+        out = Int32Inputs.empty(shape.num_seqs, width, packed.device)
+        return step_inputs(self.model.ops, packed, shape, self.feedback, out,
+                           self.max_context_len if padded else None)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,18 +225,28 @@ class ModelRunner:
         and, at batch 256, 128 MB a step). Only queues device work. prev_tokens: the previous
         step's sampled tokens on the device, for sequences whose last token the host has not
         read yet. After a replayed graph, `last_greedy` holds its greedy results (every row's
-        token and log-probability, StepGraphs.greedy) for the sampler."""
+        token and log-probability, StepGraphs.greedy, and their copy in host memory)."""
         num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
         shape = None
         if self.buckets:
             max_context = max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
             shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
         self.last_shape = shape
-        packed, width, num_sampling = self.prepare(batch, shape, prev_tokens)
+        if prev_tokens is not None and prev_tokens.data_ptr() != self.feedback.data_ptr():
+            # Sampled outside a graph (a non-greedy request, an eager step): where steps read them.
+            self.feedback[:prev_tokens.numel()].copy_(prev_tokens)
+        replay = self.graphs is not None and shape in self.graphs
+        greedy_host = None
+        if replay:
+            self._greedy_turn = (self._greedy_turn + 1) % len(self._greedy_host)
+            greedy_host = self._greedy_host[self._greedy_turn]
+        packed, width, num_sampling = self.prepare(batch, shape, greedy_host)
         self.last_greedy = None
-        if self.graphs is not None and shape in self.graphs:
-            logits = self.graphs.replay(shape, width)
-            self.last_greedy = self.graphs.greedy(shape)
+        if replay:
+            logits = self.graphs.replay(shape)
+            greedy = self.graphs.greedy(shape)
+            if greedy is not None:
+                self.last_greedy = (*greedy, greedy_host[:2 * shape.num_seqs])
         else:
             padded = shape is not None
             if not padded:   # the step's own sizes

@@ -69,17 +69,22 @@ class Sampler:
         return self.sample(logits, seqs).result()
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence],
-               greedy: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampledTokens:
+               greedy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device.
         greedy: the step's CUDA graph's own greedy results for its (padded) rows, the first
-        len(seqs) of which are these (StepGraphs.greedy): used when every row samples greedily."""
+        len(seqs) of which are these (ModelRunner.last_greedy: tokens and [tokens | log-probs] on
+        the device, the latter also in pinned host memory): used when every row samples greedily."""
         blocked = self._stop_blocked_rows(seqs)
         if not blocked and all(s.plain_greedy for s in seqs):
             # The common case, all greedy: the kernel below writes the tokens and their
             # log-probabilities straight into the buffer copied to the host.
-            if greedy is not None:   # already computed inside the step's graph
-                ids, packed = greedy
-                return self._to_host(ids[:len(seqs)], packed, [0] * len(seqs), stride=len(ids))
+            if greedy is not None:   # already computed inside the step's graph, and on the host
+                ids, _, host = greedy
+                event = None
+                if self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()   # after the graph, whose kernel wrote `host`
+                return SampledTokens(ids[:len(seqs)], host, event, [0] * len(seqs), stride=len(ids))
             packed = torch.empty(2 * len(seqs), dtype=torch.float64, device=logits.device)
             greedy, _ = self.ops.argmax_logsumexp(logits, greedy_out=packed)
             return self._to_host(greedy, packed, [0] * len(seqs))

@@ -17,9 +17,13 @@ padding sequences have no query tokens and an empty context, and padding samplin
 All index inputs of a step travel to the device in one int64 buffer laid out as
 
     [input_ids T | positions T | slot_mapping T | context_lens S | cu_seqlens_q S+1 |
-     logits_indices S | block_tables S x width]
+     logits_indices S | fill_src S | table_width 1 | greedy_host_addr 1 | block_tables S x width]
 
-for T tokens and S sequences (padded), so one host-to-device copy carries a step.
+for T tokens and S sequences (padded), so one host-to-device copy carries a step. fill_src is, per
+sequence, the row of the previous step's sampled tokens that holds its one query token (-1: the
+token is in input_ids already); table_width is the block tables' width; greedy_host_addr is where
+in pinned host memory the step's CUDA graph writes its greedy results (0: nowhere). The step's
+first kernel (kernels/step_inputs.py) fills in the tokens, casts and copies the tables.
 """
 from __future__ import annotations
 
@@ -44,12 +48,13 @@ class StepShape:
     @property
     def head_len(self) -> int:
         """Length of the layout before the block tables."""
-        return 3 * self.num_tokens + 3 * self.num_seqs + 1
+        return 3 * self.num_tokens + 4 * self.num_seqs + 3
 
     def head_slices(self) -> dict[str, slice]:
         t, s = self.num_tokens, self.num_seqs
         bounds = {"input_ids": t, "positions": t, "slot_mapping": t, "context_lens": s,
-                  "cu_seqlens_q": s + 1, "logits_indices": s}
+                  "cu_seqlens_q": s + 1, "logits_indices": s, "fill_src": s, "table_width": 1,
+                  "greedy_host_addr": 1}
         out, at = {}, 0
         for name, n in bounds.items():
             out[name] = slice(at, at + n)
@@ -57,14 +62,35 @@ class StepShape:
         return out
 
 
-def step_inputs(packed: torch.Tensor, shape: StepShape, block_tables: torch.Tensor,
+@dataclass
+class Int32Inputs:
+    """Where a step's int32 inputs are made (prepare_step_inputs): the block tables, at least the
+    step's S rows and its width wide, and the per-sequence arrays, at least S and S + 1 long."""
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_seqs: int, max_blocks: int, device) -> "Int32Inputs":
+        i32 = dict(dtype=torch.int32, device=device)
+        return cls(torch.zeros((num_seqs, max_blocks), **i32), torch.zeros(num_seqs, **i32),
+                   torch.zeros(num_seqs + 1, **i32))
+
+
+def step_inputs(ops, packed: torch.Tensor, shape: StepShape, feedback: torch.Tensor, out: Int32Inputs,
                 max_context_len: int | None) -> StepInputs:
-    """The model's inputs as views of a packed step (int32 casts of the per-sequence arrays)."""
+    """The model's inputs for a packed step: queues prepare_step_inputs (the fill-in of tokens from
+    `feedback`, the previous step's sampled tokens; the int32 arrays into `out`) and returns views
+    of `packed` and `out`."""
     v = {name: packed[sl] for name, sl in shape.head_slices().items()}
+    s = shape.num_seqs
+    ops.prepare_step_inputs(v["input_ids"], v["cu_seqlens_q"], v["context_lens"], v["fill_src"], feedback,
+                            v["table_width"], packed[shape.head_len:], out.block_tables, out.context_lens,
+                            out.cu_seqlens_q)
     return StepInputs(
         input_ids=v["input_ids"], positions=v["positions"], slot_mapping=v["slot_mapping"],
-        block_tables=block_tables, context_lens=v["context_lens"].to(torch.int32),
-        cu_seqlens_q=v["cu_seqlens_q"].to(torch.int32), max_seqlen_q=shape.max_seqlen_q,
+        block_tables=out.block_tables[:s], context_lens=out.context_lens[:s],
+        cu_seqlens_q=out.cu_seqlens_q[:s + 1], max_seqlen_q=shape.max_seqlen_q,
         logits_indices=v["logits_indices"], max_context_len=max_context_len,
         num_kv_splits=shape.kv_splits or None)
 

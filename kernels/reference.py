@@ -29,6 +29,7 @@ __all__ = [
     "choose_num_splits",
     "decode_attention_block",
     "decode_block_fits",
+    "prepare_step_inputs",
 ]
 
 # Cap on the number of score elements materialised at once by the reference
@@ -206,6 +207,20 @@ def decode_block_fits(hidden, num_q_heads, num_kv_heads, head_dim, dtype, device
     return False
 
 
+def prepare_step_inputs(input_ids, cu_seqlens, context_lens, fill_src, feedback, table_width, tables_in,
+                        tables_out, context_lens_out, cu_seqlens_out):
+    """A step's inputs made ready (kernels/step_inputs.py says what each argument holds): tokens
+    of sequences with fill_src >= 0 read from `feedback`, int32 copies of context_lens and
+    cu_seqlens, the table_width-wide block tables copied into tables_out."""
+    S = context_lens.shape[0]
+    fill = fill_src >= 0
+    input_ids[cu_seqlens[:S][fill]] = feedback[fill_src[fill]]
+    context_lens_out.copy_(context_lens)
+    cu_seqlens_out.copy_(cu_seqlens)
+    width = int(table_width[0])
+    tables_out[:S, :width] = tables_in[:S * width].view(S, width)
+
+
 # --------------------------------------------------------------------------
 # SiLU and mul
 # --------------------------------------------------------------------------
@@ -231,11 +246,16 @@ def linear(x, w, gated=False, out=None):
     return torch.mm(x, w.t(), out=out)
 
 
-def argmax_logsumexp(logits, greedy_out=None):
+def argmax_logsumexp(logits, greedy_out=None, ids_out=None, host_addr=None):
     """logits [S, V] -> (argmax [S] int64, first index on ties; logsumexp [S] float32).
-    greedy_out (float64 [2S]), when given, also gets every row's argmax then its log-probability."""
+    greedy_out (float64 [2S]), when given, also gets every row's argmax then its log-probability.
+    ids_out (int64 [S]): where the argmax goes (then returned). host_addr: the Triton version's
+    write of greedy_out to host memory, for CUDA graphs; there are none on the CPU."""
+    assert host_addr is None, "host_addr is for CUDA graphs (kernels.sampling)"
     x = logits.float()
     ids, lse = x.argmax(dim=-1), torch.logsumexp(x, dim=-1)
+    if ids_out is not None:
+        ids = ids_out.copy_(ids)
     if greedy_out is not None:
         n = ids.numel()
         greedy_out[:n] = ids.double()

@@ -60,8 +60,8 @@ def _chunk_kernel(x_ptr, part_m_ptr, part_s_ptr, part_i_ptr, V, stride_x, chunk_
 
 
 @triton.jit(do_not_specialize=["num_chunks", "rows"])
-def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, greedy_ptr, num_chunks, rows,
-                    CHUNKS_PAD: tl.constexpr, GREEDY_OUT: tl.constexpr):
+def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, greedy_ptr, host_addr_ptr, num_chunks,
+                    rows, CHUNKS_PAD: tl.constexpr, GREEDY_OUT: tl.constexpr, HOST_OUT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, CHUNKS_PAD)
     ok = c < num_chunks
@@ -78,17 +78,30 @@ def _combine_kernel(part_m_ptr, part_s_ptr, part_i_ptr, ids_ptr, lse_ptr, greedy
     if GREEDY_OUT:   # the greedy token's logit is the row's max
         tl.store(greedy_ptr + row, best.to(tl.float64))
         tl.store(greedy_ptr + rows + row, (top - lse).to(tl.float64))
+        if HOST_OUT:
+            # The same two values straight into host memory (pinned, mapped: a kernel may write it),
+            # at an address the step's inputs carry; 0 means none this step.
+            addr = tl.load(host_addr_ptr)
+            if addr != 0:
+                host = addr.to(tl.pointer_type(tl.float64))
+                tl.store(host + row, best.to(tl.float64))
+                tl.store(host + rows + row, (top - lse).to(tl.float64))
 
 
-def argmax_logsumexp(logits: torch.Tensor, greedy_out: torch.Tensor | None = None
+def argmax_logsumexp(logits: torch.Tensor, greedy_out: torch.Tensor | None = None,
+                     ids_out: torch.Tensor | None = None, host_addr: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of reference.argmax_logsumexp: (argmax int64 [S], logsumexp fp32 [S]);
-    greedy_out (float64 [2S]) also gets [argmax..., max - logsumexp...]."""
+    greedy_out (float64 [2S]) also gets [argmax..., max - logsumexp...]; ids_out (int64 [S]):
+    where the argmax goes. host_addr (int64 [1] on the device, needs greedy_out): the address of
+    pinned host memory, float64 [2S], that gets greedy_out's values too (0: none), so that a CUDA
+    graph can hand its results to the host without a copy of its own after it."""
     assert logits.dim() == 2
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     rows, vocab = logits.shape
-    ids = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    ids = torch.empty(rows, dtype=torch.int64, device=logits.device) if ids_out is None else ids_out
+    assert ids.shape == (rows,) and ids.dtype == torch.int64 and ids.is_contiguous()
     lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
     if rows == 0:
         return ids, lse
@@ -104,7 +117,9 @@ def argmax_logsumexp(logits: torch.Tensor, greedy_out: torch.Tensor | None = Non
                                   chunks, BLOCK=_BLOCK, num_warps=4)
     if greedy_out is not None:
         assert greedy_out.dtype == torch.float64 and greedy_out.shape == (2 * rows,) and greedy_out.is_contiguous()
+    if host_addr is not None:
+        assert greedy_out is not None and host_addr.dtype == torch.int64 and host_addr.numel() == 1
     _combine_kernel[(rows,)](part_m, part_s, part_i, ids, lse, ids if greedy_out is None else greedy_out,
-                             chunks, rows, CHUNKS_PAD=_MAX_CHUNKS, GREEDY_OUT=greedy_out is not None,
-                             num_warps=1)
+                             ids if host_addr is None else host_addr, chunks, rows, CHUNKS_PAD=_MAX_CHUNKS,
+                             GREEDY_OUT=greedy_out is not None, HOST_OUT=host_addr is not None, num_warps=1)
     return ids, lse

@@ -5,6 +5,7 @@ from .attention import AttnConfig, attention_tile_map, default_config, paged_att
 from .decode_block import decode_attention_block, decode_block_fits
 from .heuristics import choose_num_splits
 from .linear import linear
+from .step_inputs import prepare_step_inputs
 from .norm import fused_add_rms_norm, rms_norm
 from .rope import apply_rope, rope_and_write_kv
 from .sampling import argmax_logsumexp
@@ -24,4 +25,5 @@ __all__ = [
     "default_config",
     "decode_attention_block",
     "decode_block_fits",
+    "prepare_step_inputs",
 ]

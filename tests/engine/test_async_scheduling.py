@@ -21,17 +21,17 @@ from engine_testing import PROMPTS, drive, joined, run_requests
 
 
 def count_device_fills(engine):
-    """How many steps read a token that was still in flight (prepare got prev_tokens and used it)."""
+    """How many steps read a token that was still in flight (run got prev_tokens and needed it)."""
     calls = [0]
-    orig = engine.runner.prepare
+    orig = engine.runner.run
 
-    def prepare(batch, shape, prev_tokens=None):
+    def run(batch, prev_tokens=None):
         if prev_tokens is not None and any(len(s.token_ids) < s.num_computed_tokens + n
                                            for s, n in zip(batch.seqs, batch.num_new_tokens)):
             calls[0] += 1
-        return orig(batch, shape, prev_tokens)
+        return orig(batch, prev_tokens)
 
-    engine.runner.prepare = prepare
+    engine.runner.run = run
     return calls
 
 
