@@ -56,9 +56,10 @@ class StepGraphs:
         # stay allocated in the pool, and at [256, 128k] fp32 that is 131 MB for each of ~100 graphs.
         w = model.w["lm_head"]
         self.logits = torch.empty((max(s.num_seqs for s in shapes), w.shape[0]), dtype=w.dtype, device=device)
-        # The greedy results, as the sampler copies them to the host: [tokens S | log-probs S].
+        # The greedy results [tokens S | log-probs S] on the device; the kernel writes the same to
+        # the host buffer whose address the step's inputs carry.
         self.argmax_logsumexp = argmax_logsumexp
-        self.greedy_out = torch.empty(2 * max(s.num_seqs for s in shapes), dtype=torch.float64, device=device)
+        self.greedy_out = torch.empty(2 * max_seqs, dtype=torch.float64, device=device)
 
     def _inputs(self, shape: StepShape) -> StepInputs:
         """The captured forward's inputs: views of the static buffers, made ready by a kernel
@@ -99,12 +100,11 @@ class StepGraphs:
                                   ids_out=self.feedback[:shape.num_seqs],
                                   host_addr=self.flat[shape.head_slices()["greedy_host_addr"]])
 
-    def greedy(self, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The last replay's greedy tokens of every row (int64 [S], in `feedback`) and
-        [tokens | log-probs] (float64 [2S]) on the device; valid until the next replay."""
-        if self.argmax_logsumexp is None:
-            return None
-        return self.feedback[:shape.num_seqs], self.greedy_out[:2 * shape.num_seqs]
+    @property
+    def computes_greedy(self) -> bool:
+        """Whether each replay leaves its greedy tokens in `feedback` and its [tokens | log-probs]
+        at the step's greedy_host_addr."""
+        return self.argmax_logsumexp is not None
 
     def __contains__(self, shape: StepShape | None) -> bool:
         return shape in self.graphs

@@ -55,8 +55,8 @@ class ModelRunner:
         # On the GPU every step is padded to a bucket shape (step_shapes), captured as a CUDA
         # graph unless enforce_eager; the CPU runs steps as they come.
         self.buckets = self.graphs = None
-        # The last step's greedy results, when its graph computed them: (tokens on the device,
-        # [tokens | log-probs] on the device, the same in pinned host memory).
+        # The last step's greedy results, when its graph computed them: (every row's token on the
+        # device, [tokens | log-probs] in pinned host memory).
         self.last_greedy = None
         max_blocks = -(-max_model_len // self.block_size)
         self.max_context_len = max_blocks * self.block_size
@@ -225,7 +225,7 @@ class ModelRunner:
         and, at batch 256, 128 MB a step). Only queues device work. prev_tokens: the previous
         step's sampled tokens on the device, for sequences whose last token the host has not
         read yet. After a replayed graph, `last_greedy` holds its greedy results (every row's
-        token and log-probability, StepGraphs.greedy, and their copy in host memory)."""
+        token on the device, and tokens and log-probabilities in host memory)."""
         num_tokens, max_q = sum(batch.num_new_tokens), max(batch.num_new_tokens)
         shape = None
         if self.buckets:
@@ -244,9 +244,8 @@ class ModelRunner:
         self.last_greedy = None
         if replay:
             logits = self.graphs.replay(shape)
-            greedy = self.graphs.greedy(shape)
-            if greedy is not None:
-                self.last_greedy = (*greedy, greedy_host[:2 * shape.num_seqs])
+            if self.graphs.computes_greedy:
+                self.last_greedy = (self.feedback[:shape.num_seqs], greedy_host[:2 * shape.num_seqs])
         else:
             padded = shape is not None
             if not padded:   # the step's own sizes

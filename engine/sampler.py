@@ -69,17 +69,17 @@ class Sampler:
         return self.sample(logits, seqs).result()
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence],
-               greedy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> SampledTokens:
+               greedy: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampledTokens:
         """Queue the sampling of one token per row; nothing here waits for the device.
         greedy: the step's CUDA graph's own greedy results for its (padded) rows, the first
-        len(seqs) of which are these (ModelRunner.last_greedy: tokens and [tokens | log-probs] on
-        the device, the latter also in pinned host memory): used when every row samples greedily."""
+        len(seqs) of which are these (ModelRunner.last_greedy: the tokens on the device, and
+        [tokens | log-probs] in pinned host memory): used when every row samples greedily."""
         blocked = self._stop_blocked_rows(seqs)
         if not blocked and all(s.plain_greedy for s in seqs):
             # The common case, all greedy: the kernel below writes the tokens and their
             # log-probabilities straight into the buffer copied to the host.
             if greedy is not None:   # already computed inside the step's graph, and on the host
-                ids, _, host = greedy
+                ids, host = greedy
                 event = None
                 if self.device.type == "cuda":
                     event = torch.cuda.Event()

@@ -123,12 +123,12 @@ def test_greedy_results_precomputed_for_padded_rows_are_used_as_the_kernel_s():
     ids, lse = sampler.ops.argmax_logsumexp(padded)
     packed = torch.cat([ids.double(), (padded.gather(1, ids[:, None]).squeeze(1) - lse).double()])
     expected = sampler(padded[:5], seqs_for(SamplingParams(temperature=0.0), 5))
-    # (tokens on the device, [tokens | log-probs] on the device and in host memory: one tensor here)
-    got = sampler.sample(padded[:5], seqs_for(SamplingParams(temperature=0.0), 5), (ids, packed, packed))
+    # (tokens on the device, [tokens | log-probs] in host memory)
+    got = sampler.sample(padded[:5], seqs_for(SamplingParams(temperature=0.0), 5), (ids, packed))
     assert got.token_ids.data_ptr() == ids.data_ptr()        # the graph's tokens, not a new kernel's
     result = got.result()
     assert result.token_ids == expected.token_ids and result.logprobs == pytest.approx(expected.logprobs, abs=1e-6)
-    wrong = (torch.zeros_like(ids), torch.zeros_like(packed), torch.zeros_like(packed))  # token 0 if used
+    wrong = (torch.zeros_like(ids), torch.zeros_like(packed))  # would give token 0 if it were used
     seqs = seqs_for(SamplingParams(temperature=0.0), 5)
     seqs[1] = fake_seq([3, 4, 5], SamplingParams(temperature=0.0, logprobs=2), request_id="k")
     general = sampler.sample(padded[:5], seqs, wrong).result()
