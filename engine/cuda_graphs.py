@@ -46,11 +46,12 @@ class StepGraphs:
         self.shapes = shapes
         self.max_context_len = max_blocks_per_seq * block_size
         max_seqs = max(s.num_seqs for s in shapes)
-        assert inputs.dtype == torch.long and inputs.numel() >= max(s.head_len for s in shapes)
+        assert inputs.dtype == torch.long
+        assert inputs.numel() >= max(s.head_len + s.num_seqs * max_blocks_per_seq for s in shapes)
         assert feedback.dtype == torch.long and feedback.numel() >= max_seqs
         self.flat = inputs
         self.feedback = feedback
-        self.int32 = Int32Inputs.empty(max_seqs, max_blocks_per_seq, device)
+        self.int32 = Int32Inputs.new(max_seqs, max_blocks_per_seq, device, zeroed=True)
         self.graphs: dict[StepShape, torch.cuda.CUDAGraph] = {}
         # One logits buffer for all graphs, outside their memory pool: a graph's own output would
         # stay allocated in the pool, and at [256, 128k] fp32 that is 131 MB for each of ~100 graphs.

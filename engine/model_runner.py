@@ -76,7 +76,7 @@ class ModelRunner:
                 self.graphs.capture()
                 # Pinned host buffers the graphs write their greedy results into, used in turn: a
                 # step's results are read before the step after next is launched (engine.step), so
-                # a buffer is never written while the host reads it.
+                # two would never be written while the host reads them; four leave a margin.
                 rows = max(s.num_seqs for s in shapes)
                 self._greedy_host = [torch.zeros(2 * rows, dtype=torch.float64, pin_memory=True)
                                      for _ in range(4)]
@@ -122,13 +122,14 @@ class ModelRunner:
         budget = min(total * self.config.kv_cache_memory_fraction - peak, free - 512 * 2**20)
         return int(budget // self.bytes_per_block)
 
-    def prepare(self, batch: ScheduledBatch, shape: StepShape | None,
-                greedy_host: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    def prepare(self, batch: ScheduledBatch, shape: StepShape | None, prev_tokens: torch.Tensor | None = None,
+                greedy_host: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int, bool]:
         """Pack the batch, padded to `shape` (None: unpadded), in the step_shapes layout and copy it
         to the device in one transfer. Tokens still in flight (`seq.num_pending`) are marked to be
-        read on the device from `feedback`, the previous step's sampled tokens. greedy_host: the
-        pinned buffer the step's graph writes its greedy results to. Returns (packed inputs on the
-        device, block-table width, number of sampling rows)."""
+        read on the device from `feedback`, where run() puts `prev_tokens`, the previous step's
+        sampled tokens. greedy_host: the pinned buffer the step's graph writes its greedy results
+        to. Returns (packed inputs on the device, block-table width, number of sampling rows,
+        whether a token is read from the previous step's)."""
         bs = self.block_size
         input_ids, positions, slots, cu, ctx, logits_idx, fill_src = [], [], [], [0], [], [], []
         n_tok = 0
@@ -142,7 +143,7 @@ class ModelRunner:
                     input_ids.append(seq.token_ids[start])
                     fill_src.append(-1)
                 else:   # its last token is in flight: read on the device
-                    assert seq.num_pending
+                    assert seq.num_pending and prev_tokens is not None
                     fill_src.append(seq.pending_row)
                     input_ids.append(0)
                 positions.append(start)
@@ -199,7 +200,7 @@ class ModelRunner:
                       else torch.empty(total, dtype=torch.long, device=self.device))
             packed.copy_(staging[:total], non_blocking=True)
             self._staging.copy_queued()
-        return packed, width, num_sampling
+        return packed, width, num_sampling, fill_src.count(-1) < len(fill_src)
 
     @staticmethod
     def _block_table_array(seq) -> np.ndarray:
@@ -214,7 +215,7 @@ class ModelRunner:
     def _eager_inputs(self, packed: torch.Tensor, shape: StepShape, width: int, padded: bool) -> StepInputs:
         """The step's inputs outside a graph, made ready by the same kernel. A padded step gets the
         graphs' attention bound too, so eager and replayed runs of one shape launch the same kernels."""
-        out = Int32Inputs.empty(shape.num_seqs, width, packed.device)
+        out = Int32Inputs.new(shape.num_seqs, width, packed.device, zeroed=False)
         return step_inputs(self.model.ops, packed, shape, self.feedback, out,
                            self.max_context_len if padded else None)
 
@@ -232,15 +233,16 @@ class ModelRunner:
             max_context = max(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
             shape = self.buckets.pick(num_tokens, len(batch.seqs), max_q, max_context)
         self.last_shape = shape
-        if prev_tokens is not None and prev_tokens.data_ptr() != self.feedback.data_ptr():
-            # Sampled outside a graph (a non-greedy request, an eager step): where steps read them.
-            self.feedback[:prev_tokens.numel()].copy_(prev_tokens)
         replay = self.graphs is not None and shape in self.graphs
         greedy_host = None
         if replay:
             self._greedy_turn = (self._greedy_turn + 1) % len(self._greedy_host)
             greedy_host = self._greedy_host[self._greedy_turn]
-        packed, width, num_sampling = self.prepare(batch, shape, greedy_host)
+        packed, width, num_sampling, fills = self.prepare(batch, shape, prev_tokens, greedy_host)
+        if fills and prev_tokens.data_ptr() != self.feedback.data_ptr():
+            # Sampled outside a graph (a non-greedy request, an eager step): where steps read them
+            # (queued before the step's first kernel, like the inputs' copy).
+            self.feedback[:prev_tokens.numel()].copy_(prev_tokens)
         self.last_greedy = None
         if replay:
             logits = self.graphs.replay(shape)

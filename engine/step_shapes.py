@@ -71,10 +71,12 @@ class Int32Inputs:
     cu_seqlens_q: torch.Tensor
 
     @classmethod
-    def empty(cls, num_seqs: int, max_blocks: int, device) -> "Int32Inputs":
+    def new(cls, num_seqs: int, max_blocks: int, device, zeroed: bool) -> "Int32Inputs":
+        """zeroed=False for one step's own buffers, every element of which the kernel writes; the
+        graphs' shared buffers start zeroed (table columns past a step's width stay as they are)."""
+        make = torch.zeros if zeroed else torch.empty
         i32 = dict(dtype=torch.int32, device=device)
-        return cls(torch.zeros((num_seqs, max_blocks), **i32), torch.zeros(num_seqs, **i32),
-                   torch.zeros(num_seqs + 1, **i32))
+        return cls(make((num_seqs, max_blocks), **i32), make(num_seqs, **i32), make(num_seqs + 1, **i32))
 
 
 def step_inputs(ops, packed: torch.Tensor, shape: StepShape, feedback: torch.Tensor, out: Int32Inputs,

@@ -222,7 +222,8 @@ def _paged_attention_kernel(
     SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
     SHORT_Q: tl.constexpr,
 ):
-    # Until the PDL wait below, only the step's index inputs (written by torch ops, see pdl.py)
+    # Until the PDL wait below, only the step's index inputs (written before any PDL kernel starts,
+    # see pdl.py)
     # and KV positions cached by earlier steps are read; q, this step's K/V and the outputs wait.
     let_next_launch(PDL)
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD

@@ -22,8 +22,9 @@ with nothing to do included, so a kernel completes only after the kernel before 
 chain is transitive, and everything after the wait may read anything written earlier in the step. The reads before the wait must never touch a
 buffer one of our kernels writes in the same step, as several kernels may be before their wait
 (tests/kernels/test_kernels_attention.py checks the attention's early reads with a stale copy).
-The step's index inputs (positions, slots, context lengths, block tables) are written by torch
-copies and casts, which are launched without PDL and so complete before any later kernel starts.
+The step's index inputs (positions, slots, context lengths, block tables) are written by the
+inputs' copy to the device and by prepare_step_inputs (kernels/step_inputs.py), which are launched
+without PDL and so complete before any later kernel starts: that kernel must never take PDL.
 CUDA graph capture records the launches as programmatic edges.
 
 LLM_PDL (read once per process): 0 off; 1 every kernel signals after its wait (before this rule,

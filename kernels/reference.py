@@ -215,8 +215,8 @@ def prepare_step_inputs(input_ids, cu_seqlens, context_lens, fill_src, feedback,
     S = context_lens.shape[0]
     fill = fill_src >= 0
     input_ids[cu_seqlens[:S][fill]] = feedback[fill_src[fill]]
-    context_lens_out.copy_(context_lens)
-    cu_seqlens_out.copy_(cu_seqlens)
+    context_lens_out[:S].copy_(context_lens)
+    cu_seqlens_out[:S + 1].copy_(cu_seqlens)
     width = int(table_width[0])
     tables_out[:S, :width] = tables_in[:S * width].view(S, width)
 

@@ -14,6 +14,9 @@ int64, fill_src [S] int64 (row of `feedback` holding sequence s's token, or -1),
 table_width [1] int64, tables_in (int64, S x width row-major), tables_out int32 [S, >= width],
 context_lens_out int32 [S], cu_seqlens_out int32 [S+1]): a sequence with fill_src >= 0 has one
 query token, at input_ids[cu_seqlens[s]].
+
+Launched without PDL, so it completes before any later kernel of the step starts: the attention
+and RoPE kernels read the tables, context lengths and positions before their PDL wait (pdl.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ __all__ = ["prepare_step_inputs"]
 _BLOCK = 1024
 
 
-@triton.jit(do_not_specialize=["S"])
+# Nothing specialized: eager steps pass views at varying offsets and widths, and a specialization
+# would compile a new variant in the middle of serving.
+@triton.jit(do_not_specialize=["ids_ptr", "cu_ptr", "ctx_ptr", "fill_ptr", "feedback_ptr", "width_ptr", "tin_ptr",
+                               "tout_ptr", "ctx_out_ptr", "cu_out_ptr", "S", "stride_tout"])
 def _prepare_step_inputs_kernel(ids_ptr, cu_ptr, ctx_ptr, fill_ptr, feedback_ptr, width_ptr, tin_ptr,
                                 tout_ptr, ctx_out_ptr, cu_out_ptr, S, stride_tout,
                                 BLOCK: tl.constexpr):

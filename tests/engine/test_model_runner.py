@@ -8,7 +8,7 @@ from engine.scheduler import ScheduledBatch
 
 
 def packed_tables(runner, batch):
-    packed, width, _ = runner.prepare(batch, None)
+    packed, width, *_ = runner.prepare(batch, None)
     rows = packed[packed.numel() - len(batch.seqs) * width:].view(len(batch.seqs), width)
     return [row[:len(s.block_table)].tolist() for row, s in zip(rows, batch.seqs)], rows
 

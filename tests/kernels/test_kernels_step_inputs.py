@@ -24,6 +24,7 @@ def _ops():
 
 def random_step(rng: random.Random, S: int, pad: int, max_blocks: int):
     """(inputs as a dict of int64 tensors, tables_in, feedback) for S real + pad padding sequences."""
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
     lens = [rng.choice([1, 1, rng.randint(1, 9)]) for _ in range(S)]
     T = sum(lens) + rng.randint(0, 3)   # padding tokens after the last sequence
     cu = [0]
@@ -31,11 +32,11 @@ def random_step(rng: random.Random, S: int, pad: int, max_blocks: int):
         cu.append(cu[-1] + n)
     cu += [cu[-1]] * pad
     ctx = [rng.randint(n, 16 * max_blocks // 2) for n in lens] + [0] * pad
-    feedback = torch.randint(0, 50_000, (S + pad + 4,), dtype=torch.long)
+    feedback = torch.randint(0, 50_000, (S + pad + 4,), dtype=torch.long, generator=g)
     fill = [rng.randrange(len(feedback)) if n == 1 and rng.random() < 0.6 else -1 for n in lens] + [-1] * pad
     width = rng.randint(1, max_blocks - 1)
-    tables = torch.randint(0, 10_000, ((S + pad) * width,), dtype=torch.long)
-    ids = torch.randint(0, 50_000, (T,), dtype=torch.long)
+    tables = torch.randint(0, 10_000, ((S + pad) * width,), dtype=torch.long, generator=g)
+    ids = torch.randint(0, 50_000, (T,), dtype=torch.long, generator=g)
     for s, src in enumerate(fill):
         if src >= 0:
             ids[cu[s]] = 0   # placeholder, as the runner packs it
@@ -44,10 +45,14 @@ def random_step(rng: random.Random, S: int, pad: int, max_blocks: int):
                 table_width=t([width])), tables, feedback
 
 
-@pytest.mark.parametrize("trial", range(6))
-def test_prepare_step_inputs_matches_reference(trial):
-    rng = random.Random()
-    S, pad, max_blocks = rng.randint(1, 12), rng.choice([0, 0, 3]), rng.randint(4, 40)
+@pytest.mark.parametrize("size", ["small"] * 5 + ["wide"])
+def test_prepare_step_inputs_matches_reference(size):
+    seed = random.randrange(2**32)   # fresh every run; in every failure message
+    rng = random.Random(seed)
+    if size == "small":   # one program
+        S, pad, max_blocks = rng.randint(1, 12), rng.choice([0, 0, 3]), rng.randint(4, 40)
+    else:   # tables of several programs' blocks
+        S, pad, max_blocks = rng.randint(20, 40), 3, rng.randint(200, 300)
     inputs, tables_in, feedback = random_step(rng, S, pad, max_blocks)
     n = S + pad
     results = []
@@ -61,13 +66,14 @@ def test_prepare_step_inputs_matches_reference(trial):
                                 out_c[:n], out_u[:n + 1])
         results.append((args["input_ids"].cpu(), out_t.cpu(), out_c.cpu(), out_u.cpu()))
     (ids_r, t_r, c_r, u_r), (ids_k, t_k, c_k, u_k) = results
-    assert torch.equal(ids_k, ids_r) and torch.equal(t_k, t_r) and torch.equal(c_k, c_r) and torch.equal(u_k, u_r)
+    assert torch.equal(ids_k, ids_r), seed
+    assert torch.equal(t_k, t_r) and torch.equal(c_k, c_r) and torch.equal(u_k, u_r), seed
     # What the reference itself must have done, spelled out:
     width = int(inputs["table_width"])
     cu, fill = inputs["cu_seqlens"], inputs["fill_src"]
     for s in range(S):   # padding sequences have no token
         token = feedback[fill[s]] if fill[s] >= 0 else inputs["input_ids"][cu[s]]
-        assert ids_r[cu[s]] == token
+        assert ids_r[cu[s]] == token, seed
     assert torch.equal(t_r[:n, :width], tables_in[:n * width].view(n, width).int())
     assert (t_r[:n, width:] == -7).all() and (t_r[n:] == -7).all()      # untouched beyond the step
     assert torch.equal(c_r[:n], inputs["context_lens"].int()) and c_r[n] == -7
