@@ -4,8 +4,10 @@ diagnostic, not a benchmark.)
     python3 perf/diag_step_gaps.py --model-dir DIR --out DIR [--tag NAME] [--interior]
 
 Runs a batch-1 greedy decode under torch.profiler (CUDA activity only) and lays the GPU's
-activities of each step on one timeline: the graph's kernels, the work around the graph (input
-copies, sampling kernels, the token copy back) and the idle gaps between them. Prints, and writes
+activities of each step on one timeline: the layers' kernels (the "graph span": from the first
+linear or attention kernel to the lm_head), the work around them (the inputs' copy, and kernels
+captured in the graph but outside that span: the step's input kernel, the embedding, greedy
+sampling) and the idle gaps between them. Prints, and writes
 to DIR/step_gaps_<tag>.json, per-step medians: step period, graph span, time in kernels outside
 the graph, time in copies, idle time, and the median duration of each activity outside the graph.
 The JSON also sums the kernels inside the graph by name (count, busy time, gaps before them, per
@@ -51,7 +53,7 @@ def main() -> None:
         torch.cuda.synchronize()
     events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                     key=lambda e: e.time_range.start)
-    # Every step runs the sampler's chunk kernel once, outside the graph: it delimits the steps.
+    # Every step runs the sampler's chunk kernel once, after the lm_head: it delimits the steps.
     marks = [i for i, e in enumerate(events) if "_chunk_kernel" in e.name]
     per_step, around, inside = [], {}, {}
     interior: list[str] = []
@@ -93,7 +95,7 @@ def main() -> None:
     around_med = {k: statistics.median(v) for k, v in around.items()}
     print("per step (median us):", {k: round(v, 1) for k, v in med.items()})
     for k, v in sorted(around_med.items(), key=lambda kv: -kv[1]):
-        print(f"  outside the graph: {v:7.2f} us  x{len(around[k]) / len(per_step):.1f}/step  {k}")
+        print(f"  outside the span: {v:7.2f} us  x{len(around[k]) / len(per_step):.1f}/step  {k}")
     print("two steps, graph interior left out (start us, duration us, name):")
     print("\n".join(timeline))
     steps = max(1, len(per_step))
