@@ -59,3 +59,34 @@ def test_engine_steps_make_its_device_current(engine_factory, gqa, monkeypatch):
     eng = engine_factory(gqa)
     eng.generate(["hello"], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
     assert seen and all(d == eng.runner.device for d in seen)
+
+
+def test_prepare_marks_in_flight_tokens_and_carries_width_and_host_address(engine_factory, gqa):
+    """The step_shapes head: a decode whose last token is still on the device gets that token's
+    row of the previous step's sampled tokens in fill_src (and a placeholder in input_ids), the
+    others -1; table_width and greedy_host_addr ride after it; padding sequences fill nothing."""
+    import torch
+
+    from engine.step_shapes import StepShape
+    eng = engine_factory(gqa, async_scheduling=False)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    a = eng.add_request("a", list(range(5, 45)), params)    # 40 tokens: 3 blocks of 16
+    b = eng.add_request("b", list(range(7, 12)), params)    # 5 tokens: 1 block
+    eng.step()
+    a.num_pending, a.pending_row = 1, 3                     # as if a's next token were in flight
+    a.num_computed_tokens = len(a.token_ids)
+    shape = StepShape(4, 4, True)
+    prev = torch.zeros(4, dtype=torch.long)
+    packed, width, num_sampling, fills = eng.runner.prepare(ScheduledBatch([a, b], [1, 1]), shape, prev)
+    v = {name: packed[sl].tolist() for name, sl in shape.head_slices().items()}
+    assert fills and num_sampling == 2 and width == len(a.block_table)
+    assert v["fill_src"] == [3, -1, -1, -1]
+    assert v["input_ids"][0] == 0 and v["input_ids"][1] == b.token_ids[b.num_computed_tokens]
+    assert v["table_width"] == [width] and v["greedy_host_addr"] == [0]
+    host = torch.zeros(8, dtype=torch.float64)
+    packed, *_, fills = eng.runner.prepare(ScheduledBatch([b], [1]), shape, None, host)
+    assert not fills and packed[shape.head_slices()["greedy_host_addr"]].tolist() == [host.data_ptr()]
+    a.num_pending, a.pending_row = 0, -1
+    a.num_computed_tokens = len(a.token_ids) - 1
+    while eng.has_unfinished():
+        eng.step()
