@@ -30,12 +30,21 @@ was a third of a long-context mixed step's attention time.
 Split-KV (flash-decoding): with num_splits > 1 each program handles a
 contiguous, BLOCK_N-aligned share of the KV range and writes un-normalised
 partial results (running max m, running sum l, accumulator acc) in fp32; a
-second small kernel merges them.  choose_num_splits (kernels/heuristics.py)
-decides when that pays off.
+second small kernel merges them, or, on the decode grid with merge counters,
+the last of a sequence's splits to finish merges them in the same launch.
+choose_num_splits (kernels/heuristics.py) decides when splitting pays off.
+
+A decode layer's RoPE and K/V-cache write can ride in the same launch
+(rope_and_paged_attention): each program rotates its rows of q as it loads
+them, and the program whose KV share holds a new token rotates that token's
+k and writes k and v to the cache before reading its tiles.  With the merge
+that makes one kernel where there were three (RoPE, attention, merge), each
+boundary of which cost a batch-1 step a launch ramp and a drain.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -47,8 +56,9 @@ import triton.language as tl
 from ._alloc import new_output
 from .heuristics import choose_num_splits, choose_prefill_splits
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
+from .rope import rope_and_write_kv
 
-__all__ = ["paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
+__all__ = ["paged_attention", "rope_and_paged_attention", "attention_tile_map", "choose_num_splits", "AttnConfig", "default_config"]
 
 _LOG2E = 1.4426950408889634
 
@@ -208,11 +218,65 @@ def _attend_loaded_tile(acc, m_i, l_i, q, k, v, qk_scale, DOT_PRECISION: tl.cons
 
 
 @triton.jit
+def _rope_tables(cos_sin_ptr, pos_ptr, token_idx, ok, stride_cs, HEAD_DIM: tl.constexpr):
+    """cos and sin [R, HEAD_DIM] (each half repeated) of tokens token_idx [R]; the table's rows
+    are [cos | sin] of HEAD_DIM / 2 each."""
+    half_d = tl.arange(0, HEAD_DIM) % (HEAD_DIM // 2)
+    pos = tl.load(pos_ptr + token_idx, mask=ok, other=0).to(tl.int64)
+    row = cos_sin_ptr + pos[:, None] * stride_cs + half_d[None, :]
+    return tl.load(row), tl.load(row + HEAD_DIM // 2)
+
+
+@triton.jit
+def _load_rotated(row_ptrs, mask, cos, sin, HEAD_DIM: tl.constexpr):
+    """Rows [R, HEAD_DIM] at row_ptrs, rotated (RoPE, rotate-half) in fp32 and rounded to their
+    dtype, as the RoPE kernel writes them."""
+    dims = tl.arange(0, HEAD_DIM)
+    partner = (dims + HEAD_DIM // 2) % HEAD_DIM
+    x = tl.load(row_ptrs + dims[None, :], mask=mask, other=0.0)
+    xp = tl.load(row_ptrs + partner[None, :], mask=mask, other=0.0)
+    sign = tl.where(dims < HEAD_DIM // 2, -1.0, 1.0)
+    return (x.to(tl.float32) * cos + sign[None, :] * xp.to(tl.float32) * sin).to(x.dtype)
+
+
+@triton.jit
+def merge_group_partials(part_m_ptr, part_l_ptr, part_acc_ptr, rows, split_stride, num_splits,
+                         row_ok, ROWS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """merge_split_partials for ROWS (token, head) rows at once -> [ROWS, HEAD_DIM] fp32: split s of
+    row r is at rows[r] + s * split_stride. The splits are taken 16 at a time (registers), every
+    chunk's loads independent of the others'."""
+    CHUNK: tl.constexpr = 16 if SPLITS_PAD > 16 else SPLITS_PAD
+    s = tl.arange(0, SPLITS_PAD)
+    ok = row_ok[:, None] & (s[None, :] < num_splits)
+    m = tl.load(part_m_ptr + rows[:, None] + s[None, :] * split_stride, mask=ok,
+                other=float("-inf"), cache_modifier=".cg")
+    m_max = tl.max(m, 1)
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)   # no -inf - -inf for an empty sequence
+    dims = tl.arange(0, HEAD_DIM)
+    c = tl.arange(0, CHUNK)
+    num = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
+    den = tl.zeros([ROWS], dtype=tl.float32)
+    for c0 in tl.static_range(0, SPLITS_PAD, CHUNK):
+        idx = rows[:, None] + (c0 + c)[None, :] * split_stride
+        c_ok = row_ok[:, None] & ((c0 + c)[None, :] < num_splits)
+        mc = tl.load(part_m_ptr + idx, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        seen = c_ok & (mc > float("-inf"))
+        lc = tl.load(part_l_ptr + idx, mask=seen, other=0.0, cache_modifier=".cg")
+        accc = tl.load(part_acc_ptr + idx[:, :, None] * HEAD_DIM + dims[None, None, :],
+                       mask=seen[:, :, None], other=0.0, cache_modifier=".cg")
+        w = tl.where(seen, tl.math.exp2(mc - m_max[:, None]), 0.0)
+        den += tl.sum(lc * w, 1)
+        num += tl.sum(accc * w[:, :, None], 1)
+    return num / tl.where(den > 0, den, 1.0)[:, None]
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_early_ptr, v_early_ptr, block_tables_ptr, context_lens_ptr,
     cu_seqlens_q_ptr, tile_seqs_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    k_new_ptr, v_new_ptr, pos_ptr, cos_sin_ptr, slot_ptr, counters_ptr,
     qk_scale, num_splits, num_tokens, num_seqs,
-    stride_qt, stride_qh,
+    stride_qt, stride_qh, stride_knt, stride_knh, stride_vnt, stride_vnh, stride_cs,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh,
@@ -220,7 +284,7 @@ def _paged_attention_kernel(
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr, PDL: tl.constexpr,
-    SHORT_Q: tl.constexpr,
+    SHORT_Q: tl.constexpr, ROPE: tl.constexpr, MERGE_LAST: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
     # Until the PDL wait below, only the step's index inputs (written before any PDL kernel starts,
     # see pdl.py)
@@ -305,10 +369,40 @@ def _paged_attention_kernel(
         k0, v0 = _load_old_kv_tile(k_early_ptr, v_early_ptr, bt_row_ptr, kv_head, lo, prefetched,
                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                                    PAGE_SIZE, HEAD_DIM, BLOCK_N)
+    if ROPE:
+        # Positions, slots and the cos/sin table are step inputs or fixed: read before the wait.
+        # Rows' tables rotate q; the tile's tokens' own (new_*) rotate and place their k and v.
+        q_cos, q_sin = _rope_tables(cos_sin_ptr, pos_ptr, token_idx, tok < qlen, stride_cs, HEAD_DIM)
+        new_tok = q_start + tl.arange(0, BLOCK_Q)
+        new_ok = new_tok < qlen
+        new_idx = (q_begin + new_tok).to(tl.int64)
+        new_cos, new_sin = _rope_tables(cos_sin_ptr, pos_ptr, new_idx, new_ok, stride_cs, HEAD_DIM)
+        new_slot = tl.load(slot_ptr + new_idx, mask=new_ok, other=-1).to(tl.int64)
+        # A new token is written by the one program whose KV share holds its position.
+        new_pos = ctx - qlen + new_tok
+        new_mine = new_ok & (new_pos >= lo) & (new_pos < hi) & (new_slot >= 0)
     wait_for_previous(PDL)
 
-    q_ptrs = q_ptr + token_idx[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    q_ptrs = q_ptr + token_idx[:, None] * stride_qt + head[:, None] * stride_qh
+    if ROPE:
+        q = _load_rotated(q_ptrs, row_ok[:, None], q_cos, q_sin, HEAD_DIM)
+        k_new = _load_rotated(k_new_ptr + new_idx[:, None] * stride_knt + kv_head * stride_knh,
+                              new_ok[:, None], new_cos, new_sin, HEAD_DIM)
+        v_new = tl.load(v_new_ptr + new_idx[:, None] * stride_vnt + kv_head * stride_vnh + dims[None, :],
+                        mask=new_ok[:, None], other=0.0)
+        new_page = new_slot // PAGE_SIZE
+        new_in_page = new_slot % PAGE_SIZE
+        tl.store(k_cache_ptr + new_page[:, None] * stride_kb
+                 + (new_in_page * stride_ks + kv_head * stride_kh)[:, None] + dims[None, :],
+                 k_new.to(k_cache_ptr.dtype.element_ty), mask=new_mine[:, None])
+        tl.store(v_cache_ptr + new_page[:, None] * stride_vb
+                 + (new_in_page * stride_vs + kv_head * stride_vh)[:, None] + dims[None, :],
+                 v_new.to(v_cache_ptr.dtype.element_ty), mask=new_mine[:, None])
+        # The tiles below read these slots back: a CTA barrier makes every thread's stores
+        # visible to the whole program (no other program reads them: the share is this one's).
+        tl.debug_barrier()
+    else:
+        q = tl.load(q_ptrs + dims[None, :], mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -345,6 +439,26 @@ def _paged_attention_kernel(
         if hi > lo:
             tl.store(part_acc_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], acc,
                      mask=row_ok[:, None])
+        if MERGE_LAST:
+            # The last of the sequence's splits to finish (for this KV head) merges them all, so
+            # no merge kernel follows. Every thread's partial stores are issued before thread 0
+            # arrives (CTA barrier, then a release at GPU scope); the acquire makes the other
+            # programs' partials visible to the merging program.
+            tl.debug_barrier()
+            counter = counters_ptr + seq * (NUM_Q_HEADS // GROUP) + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                tl.store(counter, 0)   # ready for the next launch; no program of this one is left
+                g = tl.arange(0, GROUP_PAD)
+                for t in tl.static_range(BLOCK_Q):
+                    if q_start + t < qlen:
+                        t_idx = (q_begin + q_start + t).to(tl.int64)
+                        o = merge_group_partials(part_m_ptr, part_l_ptr, part_acc_ptr,
+                                                 t_idx * NUM_Q_HEADS + kv_head * GROUP + g,
+                                                 num_tokens * NUM_Q_HEADS, num_splits, g < GROUP,
+                                                 GROUP_PAD, SPLITS_PAD, HEAD_DIM)
+                        tl.store(out_ptr + t_idx * stride_ot + (kv_head * GROUP + g)[:, None] * stride_oh
+                                 + dims[None, :], o.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
     else:
         # Every valid row sees at least position 0, so l_i > 0 there.
         l_safe = tl.where(row_ok, l_i, 1.0)
@@ -439,7 +553,7 @@ def _tile_seqs(cu_seqlens_q, num_q_tiles: int, block_q: int) -> torch.Tensor:
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
                     num_splits=None, config=None, max_context_len=None, tile_seqs=None,
-                    early_kv_cache=None):
+                    early_kv_cache=None, merge_counters=None):
     """Triton version of reference.paged_attention (same signature).
 
     Extra keyword-only knobs: num_splits (None = choose_num_splits; 1 = no
@@ -454,7 +568,70 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     the split decode reads the tiles it reads before the PDL wait (default: the cache itself);
     tests pass a copy with this step's tokens made stale, to check that only tokens of earlier
     steps are read there (on the GPU the kernels before may still be writing this step's).
+    merge_counters: see rope_and_paged_attention.
     """
+    return _attention(q, None, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+                      max_seqlen_q, softmax_scale, num_splits=num_splits, config=config,
+                      max_context_len=max_context_len, tile_seqs=tile_seqs,
+                      early_kv_cache=early_kv_cache, merge_counters=merge_counters)
+
+
+def rope_and_paged_attention(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping,
+                             block_tables, context_lens, cu_seqlens_q, max_seqlen_q, softmax_scale, *,
+                             num_splits=None, config=None, max_context_len=None, tile_seqs=None,
+                             early_kv_cache=None, merge_counters=None):
+    """Triton version of reference.rope_and_paged_attention: rope_and_write_kv, then
+    paged_attention over the cache it wrote, for q, k, v as the qkv projection made them.
+
+    A step on the decode grid (every sequence's query one tile) runs it as one launch: each
+    program rotates its rows of q, and the program whose KV share holds a new token rotates and
+    writes that token's k and v before reading its tiles. Other steps take the two kernels.
+    merge_counters: int32 zeros, at least sequences x KV heads, that no other stream uses at the
+    same time; with them the last program of a split sequence merges its splits (no merge
+    kernel), and leaves them zero again. Without (or too few), the merge kernel runs.
+    knobs as paged_attention's.
+    """
+    knobs = dict(num_splits=num_splits, config=config, max_context_len=max_context_len,
+                 tile_seqs=tile_seqs, early_kv_cache=early_kv_cache, merge_counters=merge_counters)
+    fusion = _fusion_mode()
+    if fusion == "0" or _grid_is_flat(q, k_cache, max_seqlen_q, config):
+        q, _ = rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+        return _attention(q, None, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+                          max_seqlen_q, softmax_scale, **knobs)
+    assert q.dim() == 3 and k.shape == v.shape and k.shape[0] == q.shape[0], (q.shape, k.shape, v.shape)
+    assert k.shape[1:] == k_cache.shape[2:] and k.stride(2) == 1 and v.stride(2) == 1
+    assert cos_sin_cache.shape[-1] == q.shape[2] and cos_sin_cache.stride(1) == 1
+    assert positions.is_contiguous() and slot_mapping.is_contiguous()
+    assert positions.numel() >= q.shape[0] and slot_mapping.numel() >= q.shape[0]
+    rope = (k, v, positions, cos_sin_cache, slot_mapping)
+    return _attention(q, rope, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+                      max_seqlen_q, softmax_scale, **knobs)
+
+
+@functools.lru_cache(maxsize=None)
+def _fusion_mode() -> str:
+    """LLM_FUSED_DECODE_ATTENTION (read once): 1, RoPE and the split merge inside the decode
+    attention kernel; rope, RoPE only (the merge kernel runs); unset or 0, neither (the RoPE
+    kernel and the merge kernel run, as before the fusion). Off by default until it has been
+    measured against the kernels it replaces on a GPU (correct on the interpreter and compiled
+    for sm_90, not yet timed)."""
+    mode = os.environ.get("LLM_FUSED_DECODE_ATTENTION", "0").strip().lower()
+    if mode not in ("0", "1", "rope"):
+        raise ValueError(f"LLM_FUSED_DECODE_ATTENTION must be 0, 1 or rope, got {mode!r}")
+    return mode
+
+
+def _grid_is_flat(q, k_cache, max_seqlen_q, config) -> bool:
+    """Whether a step takes the flat grid (some query longer than one decode tile)."""
+    group_pad = triton.next_power_of_2(q.shape[1] // k_cache.shape[2])
+    return max_seqlen_q > _block_q(max_seqlen_q, group_pad, q.shape[2], q.dtype, config)
+
+
+def _attention(q, rope, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, max_seqlen_q,
+               softmax_scale, *, num_splits, config, max_context_len, tile_seqs, early_kv_cache,
+               merge_counters):
+    """paged_attention; with rope = (k, v, positions, cos_sin_cache, slot_mapping) on the decode
+    grid, rope_and_paged_attention's single launch."""
     _check_inputs(q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q)
     if q.stride(2) != 1:
         q = q.contiguous()
@@ -496,6 +673,21 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     else:
         tile_seqs = cu_seqlens_q   # unused by the kernel
 
+    if rope is not None:
+        assert not flat, "RoPE runs inside the attention only on the decode grid"
+        k_new, v_new, positions, cos_sin, slots = rope
+    else:   # unused by the kernel; any valid pointers will do
+        k_new = v_new = q
+        positions = slots = cos_sin = context_lens
+    # The last split merges (no merge kernel) only on the decode grid, and only with counters
+    # for every (sequence, KV head) and the fusion not switched off.
+    merge_last = (split and not flat and merge_counters is not None and _fusion_mode() == "1"
+                  and merge_counters.numel() >= num_seqs * num_kv_heads)
+    if merge_last:
+        assert merge_counters.dtype == torch.int32 and merge_counters.is_contiguous()
+        assert merge_counters.device == q.device
+    counters = merge_counters if merge_last else context_lens
+    splits_pad = max(2, triton.next_power_of_2(num_splits))
     if split:
         part_m = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
         part_l = new_output((num_splits, num_tokens, num_q_heads), torch.float32, q.device)
@@ -513,9 +705,10 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         grid = (num_q_tiles, num_kv_heads * num_splits, 1) if grid_flat else (1, num_kv_heads * num_splits, num_seqs)
         _paged_attention_kernel[grid](
             q, k_cache, v_cache, k_early, v_early, block_tables, context_lens, cu_seqlens_q, tile_seqs,
-            out, part_m, part_l, part_acc,
+            out, part_m, part_l, part_acc, k_new, v_new, positions, cos_sin, slots, counters,
             float(softmax_scale) * _LOG2E, num_splits, num_tokens, num_seqs,
-            q.stride(0), q.stride(1),
+            q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0),
+            v_new.stride(1), cos_sin.stride(0),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             block_tables.stride(0), out.stride(0), out.stride(1),
@@ -523,7 +716,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_Q=tile_q, BLOCK_N=cfg.block_n,
             SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            FLAT=grid_flat, PDL=pdl, SHORT_Q=short_q,
+            FLAT=grid_flat, PDL=pdl, SHORT_Q=short_q, ROPE=rope is not None,
+            MERGE_LAST=merge_last and not grid_flat, SPLITS_PAD=splits_pad,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl > 0,
         )
 
@@ -536,12 +730,12 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
         launch(False, dec_config, dec_q, 0)
     else:
         launch(flat, config, block_q, 0)
-    if split:
+    if split and not merge_last:
         _merge_splits_kernel[(num_tokens, num_q_heads)](
             part_m, part_l, part_acc, out, num_splits, num_tokens,
             out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
-            SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)), PDL=pdl,
+            SPLITS_PAD=splits_pad, PDL=pdl,
             num_warps=4 if head_dim >= 128 else 2, launch_pdl=pdl > 0,
         )
     return out

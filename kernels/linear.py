@@ -33,10 +33,11 @@ from . import reference
 from ._alloc import new_output
 from .activation import silu_and_mul
 from .heuristics import device_num_sms
+from .norm import fused_add_rms_norm, rms_norm
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
-           "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES"]
+           "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES", "rms_norm_linear"]
 
 MAX_SMALL_M = 16
 # Weight bytes each program of one_row_linear holds in registers: 64 KB is 64 registers a thread at
@@ -44,6 +45,33 @@ MAX_SMALL_M = 16
 ONE_ROW_SLICE_BYTES = 64 * 1024
 ONE_ROW_WARPS = 8
 ONE_ROW_PROGRAMS_PER_SM = 2
+
+
+@dataclass(frozen=True)
+class OneRowConfig:
+    slice_bytes: int = ONE_ROW_SLICE_BYTES
+    num_warps: int = ONE_ROW_WARPS
+    programs_per_sm: int = ONE_ROW_PROGRAMS_PER_SM
+    maxnreg: int | None = None   # a register cap for ptxas (so programs_per_sm can be resident)
+
+
+@functools.lru_cache(maxsize=None)
+def one_row_config() -> OneRowConfig:
+    """The one-row kernel's launch shape; LLM_ONE_ROW_CONFIG="warps,slice_kb,programs_per_sm[,maxnreg]"
+    overrides it (read once), to measure other shapes side by side."""
+    spec = os.environ.get("LLM_ONE_ROW_CONFIG", "").strip()
+    if not spec:
+        return OneRowConfig()
+    parts = [int(p) for p in spec.split(",")]
+    if len(parts) not in (3, 4):
+        raise ValueError(f"LLM_ONE_ROW_CONFIG must be warps,slice_kb,programs_per_sm[,maxnreg], got {spec!r}")
+    return OneRowConfig(slice_bytes=parts[1] * 1024, num_warps=parts[0], programs_per_sm=parts[2],
+                        maxnreg=parts[3] if len(parts) == 4 else None)
+
+
+def _one_row_launch_opts() -> dict:
+    cfg = one_row_config()
+    return dict(num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
 
 
 @dataclass(frozen=True)
@@ -56,10 +84,25 @@ class LinearConfig:
 
 
 @triton.jit
-def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-                         k_per_split, gate_offset,
+def _x_tile(x_rows, res_rows, norm_w_ptr, offs_k, mask, K, rstd, NORM: tl.constexpr,
+            HAS_RESIDUAL: tl.constexpr):
+    """The activation tile [BLOCK_M, BLOCK_K] at offs_k: x itself, or (NORM) RMSNorm(x + residual)
+    * norm_w with the row's rstd, rounded as kernels/norm.py rounds (the same bits)."""
+    x = tl.load(x_rows + offs_k[None, :], mask=mask, other=0.0)
+    if NORM:
+        if HAS_RESIDUAL:
+            x = x + tl.load(res_rows + offs_k[None, :], mask=mask, other=0.0)
+        nw = tl.load(norm_w_ptr + offs_k, mask=offs_k < K, other=0.0)
+        x = (x.to(tl.float32) * rstd).to(x.dtype) * nw[None, :].to(x.dtype)
+    return x
+
+
+@triton.jit
+def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, res_ptr, norm_w_ptr, res_out_ptr,
+                         M, N, K, stride_xm, stride_wn, stride_om, k_per_split, gate_offset, eps,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          SPLIT: tl.constexpr, GATED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, K_POW2: tl.constexpr,
                          PDL: tl.constexpr):
     let_next_launch(PDL)
     pid_n = tl.program_id(0)
@@ -70,6 +113,7 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
     n_mask = offs_n[:, None] < N
     k_start = pid_k * k_per_split
     x_rows = x_ptr + offs_m[:, None] * stride_xm
+    res_rows = res_ptr + offs_m[:, None] * stride_xm
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn
     u_rows = w_rows + gate_offset * stride_wn
     # The first weight tile is read before waiting for the previous kernel: nothing in a step
@@ -79,14 +123,27 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, stride_xm, st
     if GATED:
         u = tl.load(u_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
     wait_for_previous(PDL)
-    x = tl.load(x_rows + offs_k[None, :], mask=m_mask & (offs_k[None, :] < K), other=0.0)
+    rstd = 1.0
+    if NORM:
+        # One row (M = 1, the host's rule): (residual add +) its RMSNorm statistic, by every
+        # program from the whole row (a few KB in L2); the first program writes the new residual.
+        kk = tl.arange(0, K_POW2)
+        row = tl.load(x_ptr + kk, mask=kk < K, other=0.0)
+        if HAS_RESIDUAL:
+            row = row + tl.load(res_ptr + kk, mask=kk < K, other=0.0)
+            if (pid_n == 0) & (pid_k == 0):
+                tl.store(res_out_ptr + kk, row, mask=kk < K)
+        rf = row.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(rf * rf, axis=0) / K + eps)
+    x = _x_tile(x_rows, res_rows, norm_w_ptr, offs_k, m_mask & (offs_k[None, :] < K), K, rstd,
+                NORM, HAS_RESIDUAL)
     acc = tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION, out_dtype=tl.float32)
     if GATED:
         acc_up = tl.dot(x, tl.trans(u), input_precision=DOT_PRECISION, out_dtype=tl.float32)
     for k0 in range(k_start + BLOCK_K, k_start + k_per_split, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k[None, :] < K
-        x = tl.load(x_rows + offs_k[None, :], mask=m_mask & k_mask, other=0.0)
+        x = _x_tile(x_rows, res_rows, norm_w_ptr, offs_k, m_mask & k_mask, K, rstd, NORM, HAS_RESIDUAL)
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         if GATED:
@@ -130,17 +187,31 @@ def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
 
 
 @triton.jit
-def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_wn,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_ptr, N, K, stride_wn,
+                           eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+                           HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
     let_next_launch(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)   # the whole of K: BLOCK_K = next_power_of_2(K)
+    k_ok = offs_k < K
     w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
-                mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
-    # Everything this program reads of the weight is requested above, before the wait: the
+                mask=(offs_n[:, None] < N) & k_ok[None, :], other=0.0)
+    if NORM:
+        norm_w = tl.load(norm_w_ptr + offs_k, mask=k_ok, other=0.0)
+    # Everything this program reads of the weights is requested above, before the wait: the
     # bytes stream while the previous kernels finish (PDL, see pdl.py).
     wait_for_previous(PDL)
-    x = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0)
+    x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+    if NORM:
+        # (Residual add +) RMSNorm of the row, by every program (the row is a few KB in L2),
+        # rounded exactly as kernels/norm.py does; the first program writes the new residual.
+        if HAS_RESIDUAL:
+            x = x + tl.load(res_ptr + offs_k, mask=k_ok, other=0.0)
+            if tl.program_id(0) == 0:
+                tl.store(res_out_ptr + offs_k, x, mask=k_ok)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / K + eps)
+        x = (xf * rstd).to(x.dtype) * norm_w.to(x.dtype)
     acc = tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
     tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
@@ -149,13 +220,14 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_wn,
 def one_row_tile(n: int, k: int, itemsize: int, device: torch.device | None = None) -> int | None:
     """BLOCK_N of one_row_linear for an [n, k] weight, or None where the weight is too large for
     every program's slice to be resident at once (then the loads could not all be issued early)."""
+    cfg = one_row_config()
     block_k = triton.next_power_of_2(k)
-    rows = ONE_ROW_SLICE_BYTES // (block_k * itemsize)
+    rows = cfg.slice_bytes // (block_k * itemsize)
     if rows < 1:
         return None
     block_n = 1 << (rows.bit_length() - 1)   # a power of two, <= rows
     sms = device_num_sms(device)
-    return block_n if triton.cdiv(n, block_n) <= ONE_ROW_PROGRAMS_PER_SM * sms else None
+    return block_n if triton.cdiv(n, block_n) <= cfg.programs_per_sm * sms else None
 
 
 def one_row_linear(x: torch.Tensor, w: torch.Tensor, block_n: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,17 +243,60 @@ def one_row_linear(x: torch.Tensor, w: torch.Tensor, block_n: int, out: torch.Te
     if N == 0:
         return out
     _one_row_linear_kernel[(triton.cdiv(N, block_n),)](
-        x, w, out, N, K, w.stride(0), BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(K),
-        PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0, num_warps=ONE_ROW_WARPS)
+        x, w, out, x, x, x, N, K, w.stride(0), 0.0, BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(K),
+        NORM=False, HAS_RESIDUAL=False, PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
+        **_one_row_launch_opts())
     return out
 
 
+def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
+                    w: torch.Tensor, gated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of reference.rms_norm_linear: (linear(RMSNorm(x [+ residual]) * norm_w, w,
+    gated), the new residual). One row takes one kernel, one_row_linear's or small_linear's, each
+    program normalising the row itself (it is a few KB), so no norm kernel stands between the
+    kernel before and the weight reads; more rows take the norm kernel and linear."""
+    one_row = (x.dim() == 2 and x.shape[0] == 1 and _small_linear_on() and _norm_linear_on())
+    if not one_row:
+        if residual is None:
+            h, residual = rms_norm(x, norm_w, eps), x
+        else:
+            h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
+        return linear(h, w, gated=gated), residual
+    assert x.shape[1] == w.shape[1] == norm_w.shape[0] and x.dtype == w.dtype == norm_w.dtype
+    assert w.stride(1) == 1 and norm_w.stride(0) == 1
+    x = x.contiguous()
+    K = w.shape[1]
+    if residual is not None:
+        assert residual.shape == x.shape and residual.dtype == x.dtype
+        residual = residual.contiguous()
+        res_out = new_output(x.shape, x.dtype, x.device)
+    else:
+        res_out = x   # the new residual is x itself; nothing is written
+    block_n = None if gated or not _one_row_on() else one_row_tile(w.shape[0], K, w.element_size(), x.device)
+    if block_n is None:
+        n = w.shape[0] // 2 if gated else w.shape[0]
+        out = small_linear(x, w, choose_linear_config(n, K, gated, x.device), gated=gated,
+                           norm=(residual, norm_w, eps, res_out))
+        return out, res_out
+    N = w.shape[0]
+    out = new_output((1, N), x.dtype, x.device)
+    _one_row_linear_kernel[(triton.cdiv(N, block_n),)](
+        x, w, out, residual if residual is not None else x, norm_w, res_out, N, K, w.stride(0),
+        float(eps), BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(K), NORM=True,
+        HAS_RESIDUAL=residual is not None, PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
+        **_one_row_launch_opts())
+    return out, res_out
+
+
 def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None = None,
-                 gated: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                 gated: bool = False, out: torch.Tensor | None = None,
+                 norm: tuple | None = None) -> torch.Tensor:
     """x [M, K] (M <= 16) @ w[N, K].T -> [M, N] in x's dtype; fp32 accumulation.
 
     gated: w stacks gate [I, K] over up [I, K]; returns silu(x @ gate.T) * (x @ up.T), [M, I].
     out: where to write the result (contiguous rows), else a new tensor.
+    norm: (residual or None, norm_w, eps, residual_out) for one row: the product is of
+    RMSNorm(x + residual) * norm_w, and x + residual is written to residual_out (rms_norm_linear).
     """
     config = config or LinearConfig()
     assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
@@ -204,11 +319,17 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
     if split > 1:
         part = torch.empty((split, M, 2 * N if gated else N), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(N, config.block_n), split)
-    _small_linear_kernel[grid](x, w, out, part, M, N, K, x.stride(0), w.stride(0), out.stride(0),
-                               k_per_split, N,
+    residual, norm_w, eps, res_out = norm if norm is not None else (None, x, 0.0, x)
+    if norm is not None:
+        assert M == 1 and x.is_contiguous() and norm_w.shape == (K,) and norm_w.stride(0) == 1
+        assert residual is None or (residual.shape == x.shape and residual.is_contiguous())
+    _small_linear_kernel[grid](x, w, out, part, residual if residual is not None else x, norm_w, res_out,
+                               M, N, K, x.stride(0), w.stride(0), out.stride(0), k_per_split, N, float(eps),
                                BLOCK_M=MAX_SMALL_M, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                                SPLIT=split > 1, GATED=gated,
                                DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                               NORM=norm is not None, HAS_RESIDUAL=residual is not None,
+                               K_POW2=triton.next_power_of_2(K) if norm is not None else 16,
                                PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
                                num_warps=config.num_warps, num_stages=config.num_stages)
     if split > 1:
@@ -260,3 +381,11 @@ def _small_linear_on() -> bool:
 def _one_row_on() -> bool:
     """LLM_ONE_ROW_LINEAR=0: one row takes small_linear too (for side-by-side runs)."""
     return os.environ.get("LLM_ONE_ROW_LINEAR", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_linear_on() -> bool:
+    """LLM_NORM_LINEAR=1: one row's norm inside the projection's kernel; unset or 0, the norm
+    kernel before the linear. Off by default until measured on a GPU (correct on the
+    interpreter and compiled for sm_90, not yet timed)."""
+    return os.environ.get("LLM_NORM_LINEAR", "0") == "1"

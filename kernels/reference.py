@@ -18,6 +18,7 @@ from .heuristics import choose_num_splits  # same API on both kernel sets
 
 __all__ = [
     "paged_attention",
+    "rope_and_paged_attention",
     "attention_tile_map",
     "rms_norm",
     "fused_add_rms_norm",
@@ -25,6 +26,7 @@ __all__ = [
     "rope_and_write_kv",
     "silu_and_mul",
     "linear",
+    "rms_norm_linear",
     "argmax_logsumexp",
     "choose_num_splits",
     "decode_attention_block",
@@ -65,7 +67,7 @@ def attention_tile_map(cu_seqlens_q, num_tokens, max_seqlen_q, num_q_heads, num_
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
                     cu_seqlens_q, max_seqlen_q, softmax_scale, *,
                     num_splits=None, config=None, max_context_len=None, tile_seqs=None,
-                    early_kv_cache=None):
+                    early_kv_cache=None, merge_counters=None):
     """Causal attention of packed query tokens over a paged KV cache.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D];
@@ -75,10 +77,10 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     context_lens[b] - qlen_b + i and sees cache positions 0..that position.
     `num_splits` / `config` / `max_context_len` tune the Triton kernel and are
     ignored here, as is `early_kv_cache` (a test hook of the kernel's reads
-    before its PDL wait).
+    before its PDL wait) and `merge_counters` (its scratch for merging splits in the launch).
     Rows of the output past cu_seqlens_q[-1] are zero.
     """
-    del max_seqlen_q, num_splits, config, early_kv_cache  # for the kernel only
+    del max_seqlen_q, num_splits, config, early_kv_cache, merge_counters  # for the kernel only
     T, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     assert Hq % Hkv == 0, "Hq must be a multiple of Hkv"
@@ -111,6 +113,19 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
             o = torch.einsum("hqk,khd->qhd", probs, v)
             out[q_begin + c0:q_begin + c1] = o.to(q.dtype)
     return out
+
+
+def rope_and_paged_attention(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping,
+                             block_tables, context_lens, cu_seqlens_q, max_seqlen_q, softmax_scale, *,
+                             num_splits=None, config=None, max_context_len=None, tile_seqs=None,
+                             early_kv_cache=None, merge_counters=None):
+    """rope_and_write_kv(q, k, v, ...) (k and v into the cache, in place), then paged_attention
+    of the rotated q over the cache. The knobs after `*` tune the Triton kernel (merge_counters:
+    its scratch for merging splits in the attention launch) and are ignored here."""
+    del num_splits, config, tile_seqs, early_kv_cache, merge_counters
+    q_rot, _ = rope_and_write_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    return paged_attention(q_rot, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q,
+                           max_seqlen_q, softmax_scale, max_context_len=max_context_len)
 
 
 # --------------------------------------------------------------------------
@@ -230,6 +245,16 @@ def silu_and_mul(x):
     inter = x.shape[-1] // 2
     xf = x.to(_compute_dtype(x.dtype))
     return (F.silu(xf[..., :inter]) * xf[..., inter:]).to(x.dtype)
+
+
+def rms_norm_linear(x, residual, norm_w, eps, w, gated=False):
+    """linear(RMSNorm(x + residual) * norm_w, w, gated) and the new residual x + residual (x
+    itself when residual is None): a norm and the projection after it."""
+    if residual is None:
+        h, residual = rms_norm(x, norm_w, eps), x
+    else:
+        h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
+    return linear(h, w, gated=gated), residual
 
 
 def linear(x, w, gated=False, out=None):

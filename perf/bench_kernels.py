@@ -219,11 +219,51 @@ def bench_decode(args) -> Dict[str, float]:
         del k_cache, v_cache, ks, vs
         if batch == 1:
             metrics.update(_decode_in_graph(batch, ctx))
+        metrics.update(_decode_rope_fused_vs_kernels(batch, ctx))
     # What a graph replay of one tiny kernel costs when timed alone: the floor under every
     # single-call figure above (do_bench's events, the graph's launch on the GPU).
     one = torch.zeros(1, device="cuda")
     metrics["graph_replay_floor_us"] = time_ms(graphed(lambda: one.add_(1))) * 1e3
     return metrics
+
+
+def _decode_rope_fused_vs_kernels(batch: int, ctx: int) -> Dict[str, float]:
+    """A decode layer's RoPE + K/V write + attention through rope_and_paged_attention (with
+    LLM_FUSED_DECODE_ATTENTION=1 one launch, the last split merging; off by default, when both
+    sides run the same kernels) against the kernels it replaces (the RoPE kernel, the attention,
+    the merge kernel), each timed as a graph replay, GQA 32/8, D=128."""
+    from kernels import triton_ops
+    from kernels.heuristics import choose_num_splits
+
+    hq, hkv, d = 32, 8, 128
+    k_cache, v_cache, tables = paged_kv(batch, ctx, hkv, d)
+    qkv = torch.randn(batch, (hq + 2 * hkv) * d, dtype=DTYPE, device="cuda")
+    q, k, v = (t.view(batch, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    pos = torch.full((batch,), ctx - 1, dtype=torch.long, device="cuda")
+    slots = (tables[:, (ctx - 1) // PAGE].long() * PAGE + (ctx - 1) % PAGE).contiguous()
+    inv = 1.0 / 500000.0 ** (torch.arange(0, d, 2, device="cuda", dtype=torch.float64) / d)
+    ang = torch.arange(ctx, device="cuda", dtype=torch.float64)[:, None] * inv[None, :]
+    cos_sin = torch.cat([ang.cos(), ang.sin()], dim=-1).float()
+    meta = dict(block_tables=tables, context_lens=torch.full((batch,), ctx, dtype=torch.int32, device="cuda"),
+                cu_seqlens_q=torch.arange(batch + 1, dtype=torch.int32, device="cuda"), max_seqlen_q=1,
+                softmax_scale=1.0 / math.sqrt(d))
+    counters = torch.zeros(batch * hkv, dtype=torch.int32, device="cuda")
+
+    def fused():
+        return triton_ops.rope_and_paged_attention(q, k, v, pos, cos_sin, k_cache, v_cache, slots, **meta,
+                                                   merge_counters=counters)
+
+    def kernels():
+        q_rot, _ = triton_ops.rope_and_write_kv(q, k, v, pos, cos_sin, k_cache, v_cache, slots)
+        return triton_ops.paged_attention(q_rot, k_cache, v_cache, **meta)
+
+    check(f"rope + decode B={batch} C={ctx}: one launch vs kernels", poisoned(fused), kernels(), ATTN_TOL)
+    print(f"  rope + decode B={batch} C={ctx}: num_splits={choose_num_splits(batch, hkv, ctx, 1, device='cuda')}")
+    out = {f"decode_rope_fused_B{batch}_C{ctx}_us": time_ms(graphed(fused)) * 1e3,
+           f"decode_rope_kernels_B{batch}_C{ctx}_us": time_ms(graphed(kernels)) * 1e3}
+    for key, val in out.items():
+        print(f"  {key}: {val:.2f}")
+    return out
 
 
 def _decode_in_graph(batch: int, ctx: int, total_bytes: int = 256 << 20) -> Dict[str, float]:

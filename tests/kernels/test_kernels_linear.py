@@ -97,6 +97,64 @@ def test_one_row_linear(dtype, n, k):
     check_close("one_row_linear into out", out, ref, TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
+@pytest.mark.parametrize("n,k,gated,one_row", [(64, 128, False, True), (100, 200, False, True),
+                                               (33, 1000, False, True), (100, 200, False, False),
+                                               (96, 256, True, False), (33, 72, True, False)],
+                         ids=["one_row_64x128", "one_row_100x200", "one_row_33x1000",
+                              "small_100x200", "gated_96x256", "gated_33x72"])
+@pytest.mark.parametrize("with_residual", [True, False], ids=["residual", "first_layer"])
+def test_rms_norm_linear(dtype, n, k, gated, one_row, with_residual, monkeypatch):
+    """The norm inside the projection's kernel (one_row_linear's, or small_linear's, plain and
+    gated): the output and the new residual as the reference's (norm, then linear) -- the
+    residual bit for bit, the product within rounding."""
+    lin = _linear()
+    monkeypatch.setattr(lin, "_norm_linear_on", lambda: True)   # LLM_NORM_LINEAR=1 (off by default)
+    if not one_row:   # the one-row kernel switched off: small_linear takes the single row
+        monkeypatch.setattr(lin, "_one_row_on", lambda: False)
+    x = torch.randn(1, k, dtype=dtype, device=DEVICE)
+    residual = torch.randn(1, k, dtype=dtype, device=DEVICE) if with_residual else None
+    norm_w = (1 + 0.1 * torch.randn(k, device=DEVICE)).to(dtype)
+    w = torch.randn(2 * n if gated else n, k, dtype=dtype, device=DEVICE) / k ** 0.5
+    calls = []
+    real = lin.small_linear
+    monkeypatch.setattr(lin, "small_linear", lambda *a, **kw: calls.append(kw.get("norm")) or real(*a, **kw))
+    got, got_res = lin.rms_norm_linear(x, residual, norm_w, 1e-5, w, gated=gated)
+    assert (calls == []) == one_row and all(c is not None for c in calls), calls
+    exp, exp_res = ref_ops.rms_norm_linear(x, residual, norm_w, 1e-5, w, gated=gated)
+    check_close(f"rms_norm_linear {n}x{k} gated={gated}", got, exp, TOL[dtype])
+    assert torch.equal(got_res, exp_res), "the new residual must be x + residual exactly"
+    # Two rows take the norm kernel and the linear: the same results.
+    x2 = torch.randn(2, k, dtype=dtype, device=DEVICE)
+    r2 = torch.randn(2, k, dtype=dtype, device=DEVICE) if with_residual else None
+    got2, got2_res = lin.rms_norm_linear(x2, r2, norm_w, 1e-5, w, gated=gated)
+    exp2, exp2_res = ref_ops.rms_norm_linear(x2, r2, norm_w, 1e-5, w, gated=gated)
+    check_close(f"rms_norm_linear 2 rows {n}x{k} gated={gated}", got2, exp2, TOL[dtype])
+    assert torch.equal(got2_res, exp2_res)
+
+
+def test_rms_norm_linear_off_runs_the_norm_kernel_first(monkeypatch):
+    """LLM_NORM_LINEAR unset: the norm kernel, then the linear (small_linear given no norm)."""
+    lin = _linear()
+    monkeypatch.setattr(lin, "_one_row_on", lambda: False)
+    lin._norm_linear_on.cache_clear()
+    monkeypatch.delenv("LLM_NORM_LINEAR", raising=False)
+    try:
+        assert not lin._norm_linear_on()
+        calls = []
+        real = lin.small_linear
+        monkeypatch.setattr(lin, "small_linear", lambda *a, **kw: calls.append(kw.get("norm")) or real(*a, **kw))
+        x, r = torch.randn(1, 96, device=DEVICE), torch.randn(1, 96, device=DEVICE)
+        norm_w, w = torch.rand(96, device=DEVICE) + 0.5, torch.randn(64, 96, device=DEVICE) / 10
+        got, got_res = lin.rms_norm_linear(x, r, norm_w, 1e-6, w, gated=True)
+        assert calls == [None], calls
+        exp, exp_res = ref_ops.rms_norm_linear(x, r, norm_w, 1e-6, w, gated=True)
+        check_close("rms_norm_linear, norm kernel first", got, exp, TOL[torch.float32])
+        assert torch.equal(got_res, exp_res)
+    finally:
+        lin._norm_linear_on.cache_clear()
+
+
 def test_one_row_tile_takes_only_weights_one_wave_holds():
     """The 1B model's qkv and o projections (bf16, K = 2048) fit one wave of 64 KB slices on 132
     SMs; its gate_up, down and the 8B projections do not, and take small_linear."""
@@ -120,3 +178,25 @@ def test_linear_op_one_row_path_matches_small_linear(monkeypatch):
     got = lin.linear(x, w)
     assert calls, "a one-row linear over a small weight should take one_row_linear"
     check_close("one_row vs small_linear", got, lin.small_linear(x, w), TOL[torch.float32])
+
+
+def test_one_row_config_from_the_environment(monkeypatch):
+    """LLM_ONE_ROW_CONFIG=warps,slice_kb,programs_per_sm[,maxnreg] sets the one-row launch shape
+    and the tile it gives; anything else is refused."""
+    lin = _linear()
+    try:
+        monkeypatch.setenv("LLM_ONE_ROW_CONFIG", "4,32,3,168")
+        lin.one_row_config.cache_clear()
+        lin.one_row_tile.cache_clear()
+        assert lin.one_row_config() == lin.OneRowConfig(slice_bytes=32 * 1024, num_warps=4,
+                                                        programs_per_sm=3, maxnreg=168)
+        assert lin.one_row_tile(3072, 2048, 2) == 8   # 384 programs <= 3 per SM of 132
+        monkeypatch.setenv("LLM_ONE_ROW_CONFIG", "4,32")
+        lin.one_row_config.cache_clear()
+        with pytest.raises(ValueError, match="LLM_ONE_ROW_CONFIG"):
+            lin.one_row_config()
+    finally:
+        monkeypatch.delenv("LLM_ONE_ROW_CONFIG", raising=False)
+        lin.one_row_config.cache_clear()
+        lin.one_row_tile.cache_clear()
+    assert lin.one_row_tile(3072, 2048, 2) == 16
