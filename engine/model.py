@@ -37,7 +37,8 @@ class StepInputs:
 
 
 class LlamaModel:
-    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], ops, max_positions: int):
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], ops, max_positions: int,
+                 max_num_seqs: int = 256):
         self.cfg = cfg
         self.w = weights
         self.ops = ops
@@ -50,6 +51,10 @@ class LlamaModel:
         # single kernel where the ops have one for this shape (kernels/decode_block.py).
         self.decode_block = ops.decode_block_fits(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                                                   cfg.head_dim, weights["embed"].dtype, device)
+        # Scratch of the decode attention: the last split of each (sequence, KV head) merges the
+        # splits, counting arrivals here (kernels/attention.py). Every layer, graph or eager,
+        # shares it: layers run one after another, and each launch leaves it at zero.
+        self.merge_counters = torch.zeros(max_num_seqs * cfg.num_kv_heads, dtype=torch.int32, device=device)
 
     def forward(self, x: StepInputs, kv_cache: list[tuple[torch.Tensor, torch.Tensor]],
                 logits_out: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,13 +71,10 @@ class LlamaModel:
             if one_token:
                 h, residual = self._one_token_attention(i, h, residual, x, kv_cache[i])
             else:
-                if residual is None:
-                    residual, h = h, ops.rms_norm(h, w[f"{i}.input_norm"], cfg.rms_norm_eps)
-                else:
-                    h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.input_norm"], cfg.rms_norm_eps)
-                h = self._attention(i, h, x, kv_cache[i], tile_seqs)
-            h, residual = ops.fused_add_rms_norm(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps)
-            h = ops.linear(ops.linear(h, w[f"{i}.gate_up"], gated=True), w[f"{i}.down"])
+                h, residual = self._attention(i, h, residual, x, kv_cache[i], tile_seqs)
+            h, residual = ops.rms_norm_linear(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps,
+                                              w[f"{i}.gate_up"], gated=True)
+            h = ops.linear(h, w[f"{i}.down"])
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
         h, residual = h[x.logits_indices], residual[x.logits_indices]
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)
@@ -88,18 +90,23 @@ class LlamaModel:
             x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping, x.block_tables,
             x.context_lens, self.scale, max_context_len=x.max_context_len)
 
-    def _attention(self, i: int, h: torch.Tensor, x: StepInputs, cache, tile_seqs) -> torch.Tensor:
+    def _attention(self, i: int, h: torch.Tensor, residual: torch.Tensor | None, x: StepInputs, cache,
+                   tile_seqs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input norm (after adding the residual) and the attention half of layer i: (o
+        projection, new residual)."""
         cfg = self.cfg
         T = h.shape[0]
-        qkv = self.ops.linear(h, self.w[f"{i}.qkv"])
+        qkv, residual = self.ops.rms_norm_linear(h, residual, self.w[f"{i}.input_norm"], cfg.rms_norm_eps,
+                                                 self.w[f"{i}.qkv"])
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(T, cfg.num_heads, cfg.head_dim)
         k = k.view(T, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(T, cfg.num_kv_heads, cfg.head_dim)
         k_cache, v_cache = cache
-        q, _ = self.ops.rope_and_write_kv(q, k, v, x.positions, self.cos_sin, k_cache, v_cache, x.slot_mapping)
-        o = self.ops.paged_attention(q, k_cache, v_cache, x.block_tables, x.context_lens,
-                                     x.cu_seqlens_q, x.max_seqlen_q, self.scale,
-                                     max_context_len=x.max_context_len, num_splits=x.num_kv_splits,
-                                     tile_seqs=tile_seqs)
-        return self.ops.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"])
+        o = self.ops.rope_and_paged_attention(q, k, v, x.positions, self.cos_sin, k_cache, v_cache,
+                                              x.slot_mapping, x.block_tables, x.context_lens,
+                                              x.cu_seqlens_q, x.max_seqlen_q, self.scale,
+                                              max_context_len=x.max_context_len,
+                                              num_splits=x.num_kv_splits, tile_seqs=tile_seqs,
+                                              merge_counters=self.merge_counters)
+        return self.ops.linear(o.reshape(T, self.q_size), self.w[f"{i}.o"]), residual

@@ -43,7 +43,8 @@ class ModelRunner:
         self._staging = _StagingBuffers() if self.device.type == "cuda" else None   # step inputs, host side
         self.last_shape: StepShape | None = None   # the padded shape of the last step (diagnostics)
         weights = fused_weights(model_cfg, load_state_dict(config.model_dir, self.dtype, self.device))
-        self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len)
+        self.model = LlamaModel(model_cfg, weights, get_ops(self.device), max_model_len,
+                                max_num_seqs=max(config.max_num_seqs, 1))
         self.num_blocks = config.num_kv_blocks or self._blocks_that_fit()
         if self.num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache: lower max_num_batched_tokens or raise "
