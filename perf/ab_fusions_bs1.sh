@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The batch-1 fusions that are off by default until measured, in one device call (GPU):
+#   LLM_FUSED_DECODE_ATTENTION=1   RoPE + K/V write + split merge inside the decode attention launch
+#   LLM_NORM_LINEAR=1              the norms inside the qkv and gate_up kernels (one row)
+#   LLM_ONE_ROW_CONFIG             the one-row linear's launch shape (residency: 2 programs an SM
+#                                  need <= 128 registers a thread at 8 warps; the kernel compiles
+#                                  to 150 for sm_90, so the 1B qkv's 192 programs run in two waves)
+#
+#   OUT=DIR bash perf/ab_fusions_bs1.sh
+#
+# 1. GPU tests of the new paths; 2. batch-1 1B A/B of the settings, alternating, two rounds
+# (perf/ab_configs_bs1.py); 3. the kernel bench's decode group (one launch vs the kernels it
+# replaces, B=1 and B=64 x 4096); 4. the step interior with everything on. Results in $OUT.
+set -u
+OUT=${OUT:-perf/results/ab_fusions}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+M=${MODEL_DIR:-/tmp/ab_llama-3.2-1b}
+nvidia-smi -L > "$OUT/gpu.txt"
+[ -f "$M/config.json" ] || python3 -m tools.random_llama --size llama-3.2-1b --out "$M" --dtype bfloat16 \
+    --device cuda > "$OUT/model.log" 2>&1
+timeout 150 python3 -m pytest -q -x tests/kernels/test_kernels_rope_attention.py tests/kernels/test_kernels_linear.py \
+    tests/kernels/test_kernels_attention.py > "$OUT/pytest_kernels.log" 2>&1; tail -1 "$OUT/pytest_kernels.log"
+ALL="LLM_FUSED_DECODE_ATTENTION=1 LLM_NORM_LINEAR=1"
+timeout 300 python3 perf/ab_configs_bs1.py --model-dir "$M" --out "$OUT/ab.json" --rounds 2 \
+    --config "name=base" \
+    --config "name=attention LLM_FUSED_DECODE_ATTENTION=1" \
+    --config "name=norm LLM_NORM_LINEAR=1" \
+    --config "name=all $ALL" \
+    --config "name=all_4warps_32k $ALL LLM_ONE_ROW_CONFIG=4,32,3" \
+    --config "name=all_cap128 $ALL LLM_ONE_ROW_CONFIG=8,64,2,128" 2>&1 | tee "$OUT/ab.log"
+LLM_FUSED_DECODE_ATTENTION=1 timeout 150 python3 perf/bench_kernels.py --only decode --out "$OUT/kernels" \
+    > "$OUT/kernels.log" 2>&1; grep -E "rope|decode_B" "$OUT/kernels.log" | head -20
+env $ALL timeout 90 python3 perf/diag_step_gaps.py --model-dir "$M" --interior --out "$OUT/interior" \
+    > "$OUT/interior.log" 2>&1; grep -A8 "per step" "$OUT/interior.log"
+timeout 150 env $ALL python3 -m pytest -q -x tests/engine/test_cuda_graphs.py tests/engine/test_numerics.py \
+    > "$OUT/pytest_engine.log" 2>&1; tail -1 "$OUT/pytest_engine.log"
