@@ -87,7 +87,8 @@ class LinearConfig:
 def _x_tile(x_rows, res_rows, norm_w_ptr, offs_k, mask, K, rstd, NORM: tl.constexpr,
             HAS_RESIDUAL: tl.constexpr):
     """The activation tile [BLOCK_M, BLOCK_K] at offs_k: x itself, or (NORM) RMSNorm(x + residual)
-    * norm_w with the row's rstd, rounded as kernels/norm.py rounds (the same bits)."""
+    * norm_w with the row's rstd, in kernels/norm.py's formula and roundings (its fp32 sum of
+    squares may add in another order: rstd can differ in the last bit)."""
     x = tl.load(x_rows + offs_k[None, :], mask=mask, other=0.0)
     if NORM:
         if HAS_RESIDUAL:
@@ -204,7 +205,8 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_p
     x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
     if NORM:
         # (Residual add +) RMSNorm of the row, by every program (the row is a few KB in L2),
-        # rounded exactly as kernels/norm.py does; the first program writes the new residual.
+        # in kernels/norm.py's formula and roundings (the fp32 sum of squares may add in another
+        # order, so rstd can differ in the last bit); the first program writes the new residual.
         if HAS_RESIDUAL:
             x = x + tl.load(res_ptr + offs_k, mask=k_ok, other=0.0)
             if tl.program_id(0) == 0:
@@ -255,7 +257,8 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_w: torc
     gated), the new residual). One row takes one kernel, one_row_linear's or small_linear's, each
     program normalising the row itself (it is a few KB), so no norm kernel stands between the
     kernel before and the weight reads; more rows take the norm kernel and linear."""
-    one_row = (x.dim() == 2 and x.shape[0] == 1 and _small_linear_on() and _norm_linear_on())
+    one_row = (x.dim() == 2 and x.shape[0] == 1 and _small_linear_on() and _norm_linear_on()
+               and x.dtype == w.dtype == norm_w.dtype)   # else (e.g. fp32 norm weights) unfused
     if not one_row:
         if residual is None:
             h, residual = rms_norm(x, norm_w, eps), x

@@ -78,7 +78,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens,
     `num_splits` / `config` / `max_context_len` tune the Triton kernel and are
     ignored here, as is `early_kv_cache` (a test hook of the kernel's reads
     before its PDL wait) and `merge_counters` (its scratch for merging splits in the launch).
-    Rows of the output past cu_seqlens_q[-1] are zero.
+    Rows of the output past cu_seqlens_q[-1] are zero here; the Triton kernels leave them unwritten.
     """
     del max_seqlen_q, num_splits, config, early_kv_cache, merge_counters  # for the kernel only
     T, Hq, D = q.shape

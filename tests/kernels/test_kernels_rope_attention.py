@@ -248,4 +248,12 @@ def test_fused_decode_attention_compiles_for_hopper():
     run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("atom.global.gpu.acq_rel.add") == 1, "the last split's arrival count is missing"
+    ptx = run.stdout
+    assert ptx.count("atom.global.gpu.acq_rel.add") == 1, "the last split's arrival count is missing"
+    # The order the merge relies on: partial stores, a CTA barrier, the arrival, then the other
+    # programs' partials read past L1; and the new K/V stored, a CTA barrier, before the tiles.
+    arrive = ptx.index("atom.global.gpu.acq_rel.add")
+    assert "bar.sync" in ptx[:arrive] and "st.global" in ptx[:arrive], "no barrier / stores before the arrival"
+    assert "ld.global.cg" in ptx[arrive:], "the merge's loads of other programs' partials may hit a stale L1"
+    first_store = ptx.index("st.global")
+    assert "bar.sync" in ptx[first_store:arrive], "no CTA barrier between the K/V write and the tile reads"
