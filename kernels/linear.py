@@ -34,14 +34,14 @@ from ._alloc import new_output
 from .activation import silu_and_mul
 from .heuristics import device_num_sms
 from .norm import fused_add_rms_norm, rms_norm
-from .pdl import let_next_launch, pdl_mode, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, signal_next_launch, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
            "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES", "rms_norm_linear"]
 
 MAX_SMALL_M = 16
 # Weight bytes each program of one_row_linear holds in registers: 64 KB is 64 registers a thread at
-# 8 warps, so two programs fit an SM's 64K registers.
+# 8 warps (80 in all for sm_90), so two programs fit an SM's 64K registers (a test checks it).
 ONE_ROW_SLICE_BYTES = 64 * 1024
 ONE_ROW_WARPS = 8
 ONE_ROW_PROGRAMS_PER_SM = 2
@@ -71,7 +71,15 @@ def one_row_config() -> OneRowConfig:
 
 def _one_row_launch_opts() -> dict:
     cfg = one_row_config()
-    return dict(num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+    return dict(num_warps=cfg.num_warps, SIGNAL_AT_WAIT=_one_row_signal_at_wait(),
+                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+
+
+@functools.lru_cache(maxsize=None)
+def _one_row_signal_at_wait() -> bool:
+    """LLM_ONE_ROW_SIGNAL=wait: one_row_linear lets the next kernel launch at its wait (as before
+    it signalled after its product; see the kernel), for side-by-side runs."""
+    return os.environ.get("LLM_ONE_ROW_SIGNAL", "").strip() == "wait"
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,7 @@ def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
 @triton.jit
 def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_ptr, N, K, stride_wn,
                            eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
-                           HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+                           HAS_RESIDUAL: tl.constexpr, SIGNAL_AT_WAIT: tl.constexpr, PDL: tl.constexpr):
     let_next_launch(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)   # the whole of K: BLOCK_K = next_power_of_2(K)
@@ -201,7 +209,12 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_p
         norm_w = tl.load(norm_w_ptr + offs_k, mask=k_ok, other=0.0)
     # Everything this program reads of the weights is requested above, before the wait: the
     # bytes stream while the previous kernels finish (PDL, see pdl.py).
-    wait_for_previous(PDL)
+    # The next kernel may launch once the product is done, not at the wait: with the signal
+    # between the wait and the product, ptxas gives the kernel 156 registers a thread for sm_90
+    # (8 warps, a 64 KB slice: one program an SM, so the 1B qkv's 192 programs ran in two waves);
+    # after the product, 80 (three fit an SM). SIGNAL_AT_WAIT restores the old placement
+    # (LLM_ONE_ROW_SIGNAL=wait), to measure the two side by side.
+    wait_for_previous(PDL, SIGNAL_AT_WAIT)
     x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
     if NORM:
         # (Residual add +) RMSNorm of the row, by every program (the row is a few KB in L2),
@@ -215,6 +228,8 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_p
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / K + eps)
         x = (xf * rstd).to(x.dtype) * norm_w.to(x.dtype)
     acc = tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+    if not SIGNAL_AT_WAIT:
+        signal_next_launch(PDL)
     tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-__all__ = ["pdl_mode", "let_next_launch", "wait_for_previous"]
+__all__ = ["pdl_mode", "let_next_launch", "wait_for_previous", "signal_next_launch"]
 
 PDL_OFF, PDL_AFTER_WAIT, PDL_AT_START = 0, 1, 2
 
@@ -76,9 +76,19 @@ def let_next_launch(PDL: tl.constexpr):
 
 
 @triton.jit
-def wait_for_previous(PDL: tl.constexpr):
-    """Wait until the previous kernel has completed and its writes are visible."""
+def wait_for_previous(PDL: tl.constexpr, SIGNAL: tl.constexpr = True):
+    """Wait until the previous kernel has completed and its writes are visible. With
+    PDL_AFTER_WAIT the next kernel may launch from here, unless SIGNAL is False: then the kernel
+    signals later itself (`signal_next_launch`)."""
     if PDL != 0:
         gdc_wait()
+    if PDL == 1 and SIGNAL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def signal_next_launch(PDL: tl.constexpr):
+    """The PDL_AFTER_WAIT signal of a kernel that waited with SIGNAL=False (a later point of the
+    same program; every program must reach it or exit)."""
     if PDL == 1:
         gdc_launch_dependents()

@@ -200,3 +200,57 @@ def test_one_row_config_from_the_environment(monkeypatch):
         lin.one_row_config.cache_clear()
         lin.one_row_tile.cache_clear()
     assert lin.one_row_tile(3072, 2048, 2) == 16
+
+
+_ONE_ROW_FOR_HOPPER = """
+import json, os, subprocess, sys, tempfile, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import linear
+fn = linear._one_row_linear_kernel
+out = {}
+for norm in (False, True):
+    consts = dict(BLOCK_N=16, BLOCK_K=2048, NORM=norm, HAS_RESIDUAL=norm, SIGNAL_AT_WAIT=False, PDL=1)
+    signature = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "fp32" if n == "eps"
+                 else "i32" for n in fn.arg_names}
+    # As the JIT specializes the 1B qkv launch: pointers, N, K and the row stride divisible by 16.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if n.endswith("_ptr") or n in ("N", "K", "stride_wn")}
+    compiled = triton.compile(ASTSource(fn, signature, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=linear.ONE_ROW_WARPS))
+    ptx = compiled.asm["ptx"]
+    path = os.path.join(tempfile.mkdtemp(), "k.ptx")
+    open(path, "w").write(ptx)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    info = subprocess.run([ptxas, "--gpu-name", "sm_90a", "-v", path, "-o", path + ".cubin"],
+                          capture_output=True, text=True).stderr
+    regs = int(info.split("Used ")[1].split(" registers")[0])
+    lines = ptx.splitlines()
+    wait = next(i for i, l in enumerate(lines) if "griddepcontrol.wait" in l)
+    early = sum("ld.global" in l for l in lines[:wait])
+    out[str(norm)] = dict(regs=regs, early_loads=early)
+print(json.dumps(out))
+"""
+
+
+def test_one_row_kernel_holds_its_slice_in_registers_two_programs_an_sm():
+    """one_row_tile counts on ONE_ROW_PROGRAMS_PER_SM programs of ONE_ROW_WARPS warps fitting an
+    SM's 64K registers with their whole 64 KB slices requested before the PDL wait. Compiled for
+    sm_90 without a GPU (no TRITON_INTERPRET) and measured by ptxas: the register count a thread
+    allows that many programs, and the weight loads sit before the wait."""
+    import json
+    import os
+    import subprocess
+    import sys
+    lin = _linear()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _ONE_ROW_FOR_HOPPER], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    budget = 65536 // (lin.ONE_ROW_PROGRAMS_PER_SM * lin.ONE_ROW_WARPS * 32)
+    for norm, got in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        print(f"one-row kernel, norm={norm}: {got}")
+        assert got["regs"] <= budget, f"norm={norm}: {got['regs']} registers a thread > {budget}"
+        # 16 rows x 2048 bf16 over 256 threads: 16 loads of 16 bytes each, all before the wait
+        assert got["early_loads"] >= 16, got
