@@ -28,6 +28,8 @@ SCENARIOS = {
     "decode_mha_d128": ([1, 1, 1], [9, 40, 71], 2, 2, 128, 8),
     # a prompt longer than a decode tile: the flat grid, RoPE as its own kernel
     "mixed_with_prefill": ([1, 9, 1], [30, 9, 47], 8, 2, 64, 16),
+    # a GQA group of 3 (padded to 4 rows), two new tokens in one tile
+    "gqa3_two_tokens": ([2, 1, 1], [40, 17, 64], 6, 2, 64, 16),
 }
 
 
@@ -152,6 +154,18 @@ def test_merge_without_counters_and_counters_reused():
                torch.float32, counters, num_splits=splits)
 
 
+@pytest.mark.parametrize("num_splits", [17, 40])
+def test_many_splits_merged_by_the_last(num_splits):
+    """More splits than one 16-wide chunk of the merge (SPLITS_PAD 32 and 64), most of them
+    empty, and new tokens of one tile falling into two splits (16-token tiles)."""
+    from kernels.attention import AttnConfig
+    qlens, ctxs, hq, hkv, d, page = [3, 1, 4, 2], [33, 100, 48, 17], 8, 2, 64, 16
+    inputs = _inputs(qlens, ctxs, hq, hkv, d, page, torch.float32)
+    counters = torch.zeros(len(qlens) * hkv, dtype=torch.int32, device=DEVICE)
+    _check(f"{num_splits} splits", inputs, torch.float32, counters, num_splits=num_splits,
+           config=AttnConfig(block_m=16, block_n=16, num_warps=4, num_stages=1))
+
+
 def test_early_reads_see_only_earlier_steps_tokens():
     """Before its PDL wait the kernel reads the first KV tile of its share (from `early_kv_cache`
     in this test): only tokens of earlier steps may be read there, since the new ones are
@@ -257,3 +271,52 @@ def test_fused_decode_attention_compiles_for_hopper():
     assert "ld.global.cg" in ptx[arrive:], "the merge's loads of other programs' partials may hit a stale L1"
     first_store = ptx.index("st.global")
     assert "bar.sync" in ptx[first_store:arrive], "no CTA barrier between the K/V write and the tile reads"
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_short_queries_many_splits(dtype):
+    """On the GPU (PDL, real ordering): tiles of several new tokens that straddle split
+    boundaries, a GQA group of 3, more splits than one merge chunk."""
+    seed = random.randrange(1 << 30)
+    random.seed(seed)
+    qlens = [random.randint(1, 4) for _ in range(6)]
+    ctxs = [random.randint(q, 3000) for q in qlens]
+    inputs = _inputs(qlens, ctxs, 24, 8, 128, 16, dtype)
+    counters = torch.zeros(len(qlens) * 8, dtype=torch.int32, device=DEVICE)
+    for splits in (5, 40):
+        _check(f"gpu short queries {dtype} splits={splits} (seed {seed})",
+               dict(inputs, k_cache=inputs["k_cache"].clone(), v_cache=inputs["v_cache"].clone()),
+               dtype, counters, num_splits=splits, max_context_len=3000)
+
+
+@gpu_only
+def test_gpu_fused_layers_in_a_cuda_graph():
+    """Twenty layers' fused launches back to back in one CUDA graph (as a step runs them, PDL
+    chaining the launches), replayed three times with one set of counters: every layer's output
+    and cache equal the reference's and the counters are zero after each replay."""
+    from kernels import triton_ops
+    seed = random.randrange(1 << 30)
+    random.seed(seed)
+    qlens, ctxs = [1, 1, 2], [random.randint(300, 2000) for _ in range(3)]
+    layers = [_inputs(qlens, ctxs, 32, 8, 64, 16, torch.bfloat16) for _ in range(20)]
+    counters = torch.zeros(len(qlens) * 8, dtype=torch.int32, device=DEVICE)
+    refs = []
+    for inputs in layers:
+        ref_in = dict(inputs, k_cache=inputs["k_cache"].clone(), v_cache=inputs["v_cache"].clone())
+        refs.append((ref_ops.rope_and_paged_attention(**ref_in), ref_in["k_cache"], ref_in["v_cache"]))
+
+    def step():
+        return [triton_ops.rope_and_paged_attention(**inputs, merge_counters=counters, num_splits=16,
+                                                    max_context_len=2048) for inputs in layers]
+    step()   # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for replay in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert not counters.any(), f"replay {replay}: counters {counters.tolist()} (seed {seed})"
+        for i, (out, (expected, k_ref, v_ref)) in enumerate(zip(outs, refs)):
+            check_close(f"graph replay {replay} layer {i} (seed {seed})", out, expected, ATTN_TOL[torch.bfloat16])
+            assert torch.equal(layers[i]["v_cache"], v_ref)
