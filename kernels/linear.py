@@ -37,7 +37,7 @@ from .norm import fused_add_rms_norm, rms_norm
 from .pdl import let_next_launch, pdl_mode, signal_next_launch, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
-           "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES", "rms_norm_linear"]
+           "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES", "rms_norm_linear", "SplitSum"]
 
 MAX_SMALL_M = 16
 # Weight bytes each program of one_row_linear holds in registers: 64 KB is 64 registers a thread at
@@ -80,6 +80,31 @@ def _one_row_signal_at_wait() -> bool:
     """LLM_ONE_ROW_SIGNAL=wait: one_row_linear lets the next kernel launch at its wait (as before
     it signalled after its product; see the kernel), for side-by-side runs."""
     return os.environ.get("LLM_ONE_ROW_SIGNAL", "").strip() == "wait"
+
+
+@dataclass(frozen=True)
+class SplitSum:
+    """One row's product left as its split-K partials (fp32 [split, 1, N]) for the next kernel to
+    sum, in split order and then rounded to `dtype` as _reduce_splits_kernel does (the same bits):
+    `linear(..., keep_split=True)` returns it where the row's next op, rms_norm_linear, can take
+    it (LLM_NORM_LINEAR=1), so no reduce kernel runs between the two."""
+    parts: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.parts.shape[1], self.parts.shape[2])
+
+    def reduce(self) -> torch.Tensor:
+        """The summed row [1, N] in `dtype`, by the reduce kernel (where a consumer cannot fold)."""
+        split, m, n = self.parts.shape
+        out = new_output((m, n), self.dtype, self.parts.device)
+        block = min(1024, triton.next_power_of_2(n))
+        pdl = pdl_mode(self.parts.device)
+        _reduce_splits_kernel[(m, triton.cdiv(n, block))](self.parts, out, m, n, out.stride(0), SPLIT_K=split,
+                                                           BLOCK=block, GATED=False, PDL=pdl,
+                                                           launch_pdl=pdl > 0, num_warps=4)
+        return out
 
 
 @dataclass(frozen=True)
@@ -198,7 +223,8 @@ def _reduce_splits_kernel(part_ptr, out_ptr, M, N, stride_om,
 @triton.jit
 def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_ptr, N, K, stride_wn,
                            eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
-                           HAS_RESIDUAL: tl.constexpr, SIGNAL_AT_WAIT: tl.constexpr, PDL: tl.constexpr):
+                           HAS_RESIDUAL: tl.constexpr, X_SPLITS: tl.constexpr, SIGNAL_AT_WAIT: tl.constexpr,
+                           PDL: tl.constexpr):
     let_next_launch(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)   # the whole of K: BLOCK_K = next_power_of_2(K)
@@ -215,7 +241,15 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_p
     # after the product, 80 (three fit an SM). SIGNAL_AT_WAIT restores the old placement
     # (LLM_ONE_ROW_SIGNAL=wait), to measure the two side by side.
     wait_for_previous(PDL, SIGNAL_AT_WAIT)
-    x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+    if X_SPLITS > 0:
+        # x arrives as the previous projection's split-K partials (SplitSum): summed in split
+        # order and rounded to the row's dtype, as its reduce kernel would have.
+        xs = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for s in tl.static_range(X_SPLITS):
+            xs += tl.load(x_ptr + s * K + offs_k, mask=k_ok, other=0.0)
+        x = xs.to(w_ptr.dtype.element_ty)
+    else:
+        x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
     if NORM:
         # (Residual add +) RMSNorm of the row, by every program (the row is a few KB in L2),
         # in kernels/norm.py's formula and roundings (the fp32 sum of squares may add in another
@@ -261,60 +295,81 @@ def one_row_linear(x: torch.Tensor, w: torch.Tensor, block_n: int, out: torch.Te
         return out
     _one_row_linear_kernel[(triton.cdiv(N, block_n),)](
         x, w, out, x, x, x, N, K, w.stride(0), 0.0, BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(K),
-        NORM=False, HAS_RESIDUAL=False, PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
+        NORM=False, HAS_RESIDUAL=False, X_SPLITS=0, PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
         **_one_row_launch_opts())
     return out
 
 
-def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
-                    w: torch.Tensor, gated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def rms_norm_linear(x: torch.Tensor | SplitSum, residual: torch.Tensor | None, norm_w: torch.Tensor,
+                    eps: float, w: torch.Tensor, gated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of reference.rms_norm_linear: (linear(RMSNorm(x [+ residual]) * norm_w, w,
     gated), the new residual). One row takes one kernel, one_row_linear's or small_linear's, each
     program normalising the row itself (it is a few KB), so no norm kernel stands between the
-    kernel before and the weight reads; more rows take the norm kernel and linear."""
-    one_row = (x.dim() == 2 and x.shape[0] == 1 and _small_linear_on() and _norm_linear_on()
-               and x.dtype == w.dtype == norm_w.dtype)   # else (e.g. fp32 norm weights) unfused
-    if not one_row:
+    kernel before and the weight reads; more rows take the norm kernel and linear. x may be a
+    SplitSum (the previous projection's partials): one_row_linear's programs sum it themselves,
+    anywhere else the reduce kernel runs first."""
+    fused = _norm_linear_on() and _small_linear_on() and w.dtype == norm_w.dtype
+    one_row_n = None if gated or not _one_row_on() else one_row_tile(w.shape[0], w.shape[1], w.element_size(),
+                                                                      w.device)
+    if isinstance(x, SplitSum):
+        if fused and one_row_n is not None and residual is not None and x.dtype == w.dtype:
+            return _one_row_norm_linear(x.parts, x.parts.shape[0], residual, norm_w, eps, w, one_row_n)
+        x = x.reduce()
+    if not (fused and x.dim() == 2 and x.shape[0] == 1 and x.dtype == w.dtype):
         if residual is None:
             h, residual = rms_norm(x, norm_w, eps), x
         else:
             h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
         return linear(h, w, gated=gated), residual
-    assert x.shape[1] == w.shape[1] == norm_w.shape[0] and x.dtype == w.dtype == norm_w.dtype
-    assert w.stride(1) == 1 and norm_w.stride(0) == 1
+    if one_row_n is not None:
+        return _one_row_norm_linear(x.contiguous(), 0, residual, norm_w, eps, w, one_row_n)
     x = x.contiguous()
     K = w.shape[1]
+    res_out = x if residual is None else new_output(x.shape, x.dtype, x.device)
     if residual is not None:
         assert residual.shape == x.shape and residual.dtype == x.dtype
         residual = residual.contiguous()
-        res_out = new_output(x.shape, x.dtype, x.device)
+    n = w.shape[0] // 2 if gated else w.shape[0]
+    out = small_linear(x, w, choose_linear_config(n, K, gated, x.device), gated=gated,
+                       norm=(residual, norm_w, eps, res_out))
+    return out, res_out
+
+
+def _one_row_norm_linear(x: torch.Tensor, x_splits: int, residual: torch.Tensor | None, norm_w: torch.Tensor,
+                         eps: float, w: torch.Tensor, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm_linear's one-row kernel: x is the row [1, K] (x_splits 0) or fp32 partials
+    [x_splits, 1, K] to sum first. Returns (product [1, N], new residual [1, K])."""
+    N, K = w.shape
+    assert norm_w.shape == (K,) and norm_w.stride(0) == 1 and w.stride(1) == 1
+    assert x.is_contiguous() and x.shape[-1] == K and (x_splits > 0 or x.dtype == w.dtype)
+    assert x_splits == 0 or (x.dtype == torch.float32 and x.shape[:2] == (x_splits, 1))
+    if residual is not None:
+        assert residual.shape == (1, K) and residual.dtype == w.dtype
+        residual = residual.contiguous()
+        res_out = new_output((1, K), w.dtype, w.device)
     else:
+        assert x_splits == 0, "partials need a residual to add to"
         res_out = x   # the new residual is x itself; nothing is written
-    block_n = None if gated or not _one_row_on() else one_row_tile(w.shape[0], K, w.element_size(), x.device)
-    if block_n is None:
-        n = w.shape[0] // 2 if gated else w.shape[0]
-        out = small_linear(x, w, choose_linear_config(n, K, gated, x.device), gated=gated,
-                           norm=(residual, norm_w, eps, res_out))
-        return out, res_out
-    N = w.shape[0]
-    out = new_output((1, N), x.dtype, x.device)
+    out = new_output((1, N), w.dtype, w.device)
     _one_row_linear_kernel[(triton.cdiv(N, block_n),)](
         x, w, out, residual if residual is not None else x, norm_w, res_out, N, K, w.stride(0),
         float(eps), BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(K), NORM=True,
-        HAS_RESIDUAL=residual is not None, PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
-        **_one_row_launch_opts())
+        HAS_RESIDUAL=residual is not None, X_SPLITS=x_splits, PDL=(pdl := pdl_mode(w.device)),
+        launch_pdl=pdl > 0, **_one_row_launch_opts())
     return out, res_out
 
 
 def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None = None,
                  gated: bool = False, out: torch.Tensor | None = None,
-                 norm: tuple | None = None) -> torch.Tensor:
+                 norm: tuple | None = None, keep_split: bool = False) -> torch.Tensor | SplitSum:
     """x [M, K] (M <= 16) @ w[N, K].T -> [M, N] in x's dtype; fp32 accumulation.
 
     gated: w stacks gate [I, K] over up [I, K]; returns silu(x @ gate.T) * (x @ up.T), [M, I].
     out: where to write the result (contiguous rows), else a new tensor.
     norm: (residual or None, norm_w, eps, residual_out) for one row: the product is of
     RMSNorm(x + residual) * norm_w, and x + residual is written to residual_out (rms_norm_linear).
+    keep_split: a split-K product of one plain row is returned as its partials (SplitSum), not
+    reduced.
     """
     config = config or LinearConfig()
     assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
@@ -350,6 +405,8 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
                                K_POW2=triton.next_power_of_2(K) if norm is not None else 16,
                                PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
                                num_warps=config.num_warps, num_stages=config.num_stages)
+    if split > 1 and keep_split and M == 1 and not gated:
+        return SplitSum(part, x.dtype)
     if split > 1:
         block = min(1024, triton.next_power_of_2(N))
         _reduce_splits_kernel[(M, triton.cdiv(N, block))](part, out, M, N, out.stride(0),
@@ -373,17 +430,21 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
     return LinearConfig(block_n=32, block_k=256, num_warps=4, num_stages=5)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Tensor | None = None):
+def linear(x: torch.Tensor, w: torch.Tensor, gated: bool = False, out: torch.Tensor | None = None,
+           keep_split: bool = False):
     """Triton-side version of reference.linear: our kernels for <= 16 rows (one_row_linear for a
     single row over a weight one wave of programs can hold, else small_linear), cuBLAS above that
-    (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side)."""
+    (LLM_SMALL_LINEAR=0: cuBLAS for every row count, to measure the two side by side).
+    keep_split: the caller passes the result on to rms_norm_linear only, so a one-row split-K
+    product may stay a SplitSum for it to sum (with LLM_NORM_LINEAR=1; else a tensor as always)."""
     if x.dim() == 2 and x.shape[0] <= MAX_SMALL_M and _small_linear_on():
         if x.shape[0] == 1 and not gated and _one_row_on():
             block_n = one_row_tile(w.shape[0], w.shape[1], w.element_size(), x.device)
             if block_n is not None:
                 return one_row_linear(x, w, block_n, out=out)
         n = w.shape[0] // 2 if gated else w.shape[0]
-        return small_linear(x, w, choose_linear_config(n, w.shape[1], gated, x.device), gated=gated, out=out)
+        return small_linear(x, w, choose_linear_config(n, w.shape[1], gated, x.device), gated=gated, out=out,
+                            keep_split=keep_split and out is None and _norm_linear_on())
     if gated:   # cuBLAS, then our SiLU-and-mul kernel
         assert out is None, "the gated form returns a new tensor"
         return silu_and_mul(torch.nn.functional.linear(x, w))

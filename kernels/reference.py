@@ -257,12 +257,14 @@ def rms_norm_linear(x, residual, norm_w, eps, w, gated=False):
     return linear(h, w, gated=gated), residual
 
 
-def linear(x, w, gated=False, out=None):
+def linear(x, w, gated=False, out=None, keep_split=False):
     """x [T, K] @ w [N, K].T in x's dtype (torch's matmul: cuBLAS on a GPU).
 
     gated: w stacks gate [I, K] over up [I, K] and the result is silu_and_mul of the product.
-    out: write the (non-gated) result there.
+    out: write the (non-gated) result there. keep_split: lets the Triton kernel hand a split-K
+    product to rms_norm_linear unsummed; ignored here.
     """
+    del keep_split
     if gated:
         assert out is None, "the gated form returns a new tensor"
         return silu_and_mul(F.linear(x, w))

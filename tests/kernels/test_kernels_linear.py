@@ -209,10 +209,11 @@ from triton.compiler import ASTSource
 from kernels import linear
 fn = linear._one_row_linear_kernel
 out = {}
-for norm in (False, True):
-    consts = dict(BLOCK_N=16, BLOCK_K=2048, NORM=norm, HAS_RESIDUAL=norm, SIGNAL_AT_WAIT=False, PDL=1)
-    signature = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "fp32" if n == "eps"
-                 else "i32" for n in fn.arg_names}
+for norm, splits in ((False, 0), (True, 0), (True, 4)):
+    consts = dict(BLOCK_N=16, BLOCK_K=2048, NORM=norm, HAS_RESIDUAL=norm, X_SPLITS=splits, SIGNAL_AT_WAIT=False,
+                  PDL=1)
+    signature = {n: "constexpr" if n in consts else "*fp32" if n == "x_ptr" and splits else "*bf16"
+                 if n.endswith("_ptr") else "fp32" if n == "eps" else "i32" for n in fn.arg_names}
     # As the JIT specializes the 1B qkv launch: pointers, N, K and the row stride divisible by 16.
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
              if n.endswith("_ptr") or n in ("N", "K", "stride_wn")}
@@ -228,7 +229,7 @@ for norm in (False, True):
     lines = ptx.splitlines()
     wait = next(i for i, l in enumerate(lines) if "griddepcontrol.wait" in l)
     early = sum("ld.global" in l for l in lines[:wait])
-    out[str(norm)] = dict(regs=regs, early_loads=early)
+    out[f"norm={norm}, x_splits={splits}"] = dict(regs=regs, early_loads=early)
 print(json.dumps(out))
 """
 
@@ -249,8 +250,51 @@ def test_one_row_kernel_holds_its_slice_in_registers_two_programs_an_sm():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     budget = 65536 // (lin.ONE_ROW_PROGRAMS_PER_SM * lin.ONE_ROW_WARPS * 32)
-    for norm, got in json.loads(run.stdout.strip().splitlines()[-1]).items():
-        print(f"one-row kernel, norm={norm}: {got}")
-        assert got["regs"] <= budget, f"norm={norm}: {got['regs']} registers a thread > {budget}"
+    for case, got in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        print(f"one-row kernel, {case}: {got}")
+        assert got["regs"] <= budget, f"{case}: {got['regs']} registers a thread > {budget}"
         # 16 rows x 2048 bf16 over 256 threads: 16 loads of 16 bytes each, all before the wait
         assert got["early_loads"] >= 16, got
+
+
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
+def test_split_sum_folded_into_the_next_norm_linear(dtype, monkeypatch):
+    """A one-row split-K product kept as partials (linear(keep_split=True) -> SplitSum) and summed
+    by the next rms_norm_linear's one-row kernel: the new residual is bit for bit the one after
+    the reduce kernel, and the product matches the reference; reduce() gives the plain result.
+    Where the next op cannot fold (no one-row tile, gated, the switch off) it reduces first."""
+    lin = _linear()
+    monkeypatch.setattr(lin, "_norm_linear_on", lambda: True)
+    monkeypatch.setattr(lin, "choose_linear_config",
+                        lambda n, k, gated, device=None: lin.LinearConfig(block_n=16, block_k=64, split_k=3))
+    k_down, hidden = 320, 96
+    # As the 1B down projection (8192 -> 2048): too large for one_row_linear, so small_linear.
+    real_tile = lin.one_row_tile
+    monkeypatch.setattr(lin, "one_row_tile", lambda n, k, *a: None if k == k_down else real_tile(n, k, *a))
+    h = torch.randn(1, k_down, dtype=dtype, device=DEVICE)
+    w_down = torch.randn(hidden, k_down, dtype=dtype, device=DEVICE) / k_down ** 0.5
+    residual = torch.randn(1, hidden, dtype=dtype, device=DEVICE)
+    norm_w = (1 + 0.1 * torch.randn(hidden, device=DEVICE)).to(dtype)
+    w_qkv = torch.randn(80, hidden, dtype=dtype, device=DEVICE) / hidden ** 0.5
+    kept = lin.linear(h, w_down, keep_split=True)
+    assert isinstance(kept, lin.SplitSum) and kept.parts.shape == (3, 1, hidden), kept
+    plain = lin.linear(h, w_down)
+    assert isinstance(plain, torch.Tensor) and torch.equal(kept.reduce(), plain)
+    calls = []
+    real = lin._one_row_norm_linear
+    monkeypatch.setattr(lin, "_one_row_norm_linear", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    got, got_res = lin.rms_norm_linear(kept, residual, norm_w, 1e-5, w_qkv)
+    assert calls == [3], "the one-row kernel should have summed the 3 partials itself"
+    exp, exp_res = ref_ops.rms_norm_linear(plain, residual, norm_w, 1e-5, w_qkv)
+    assert torch.equal(got_res, exp_res), "the new residual must be reduce(partials) + residual exactly"
+    check_close("norm linear over partials", got, exp, TOL[dtype])
+    # A gated projection next: the reduce kernel first, then the fused small_linear.
+    w_gate_up = torch.randn(2 * 48, hidden, dtype=dtype, device=DEVICE) / hidden ** 0.5
+    got_g, got_g_res = lin.rms_norm_linear(lin.linear(h, w_down, keep_split=True), residual, norm_w, 1e-5,
+                                           w_gate_up, gated=True)
+    exp_g, exp_g_res = ref_ops.rms_norm_linear(plain, residual, norm_w, 1e-5, w_gate_up, gated=True)
+    assert torch.equal(got_g_res, exp_g_res)
+    check_close("gated norm linear over reduced partials", got_g, exp_g, TOL[dtype])
+    # With the switch off, linear never keeps the partials.
+    monkeypatch.setattr(lin, "_norm_linear_on", lambda: False)
+    assert isinstance(lin.linear(h, w_down, keep_split=True), torch.Tensor)

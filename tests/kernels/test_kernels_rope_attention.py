@@ -204,12 +204,22 @@ def test_gpu_rope_and_decode_attention(batch, num_splits, d):
 def test_engine_with_the_fusions_keeps_greedy_tokens(monkeypatch, fused, tiny_model_dir):
     """The engine with LLM_FUSED_DECODE_ATTENTION=1 and LLM_NORM_LINEAR=1 (Triton kernels: the
     interpreter on CPU, CUDA graphs on a GPU) takes the one-launch decode attention, merging
-    splits without the merge kernel, and generates the reference engine's greedy tokens (fp32)."""
+    splits without the merge kernel, sums the down projection's split-K partials in the next
+    layer's qkv kernel, and generates the reference engine's greedy tokens (fp32)."""
     from engine import EngineConfig, LLMEngine, SamplingParams
     from kernels import attention, linear
     monkeypatch.setattr(linear, "_norm_linear_on", lambda: True)
     # Contexts this short take one split; three make the last split merge.
     monkeypatch.setattr(attention, "choose_num_splits", lambda *a, **kw: 3)
+    # The tiny model's down projection (K = 128) as the 1B one: small_linear with split K.
+    real_tile, real_config = linear.one_row_tile, linear.choose_linear_config
+    monkeypatch.setattr(linear, "one_row_tile", lambda n, k, *a: None if k == 128 else real_tile(n, k, *a))
+    monkeypatch.setattr(linear, "choose_linear_config", lambda n, k, gated, device=None: (
+        linear.LinearConfig(block_n=16, block_k=32, split_k=2) if k == 128 and not gated
+        else real_config(n, k, gated, device)))
+    folded = []
+    real_fold = linear._one_row_norm_linear
+    monkeypatch.setattr(linear, "_one_row_norm_linear", lambda *a, **kw: folded.append(a[1]) or real_fold(*a, **kw))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
     prompts = ["Once upon a time", "a"]
 
@@ -227,6 +237,7 @@ def test_engine_with_the_fusions_keeps_greedy_tokens(monkeypatch, fused, tiny_mo
     monkeypatch.setattr(attention, "_paged_attention_kernel", _Counting(real, "attention", fused_launches))
     with_fusions = generate("triton", DEVICE)
     assert fused_launches and "merge" not in launched, launched
+    assert 2 in folded, f"no qkv kernel summed the down projection's partials: {folded}"
     assert with_fusions == generate("reference", "cpu")
 
 
