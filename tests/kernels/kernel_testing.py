@@ -87,3 +87,22 @@ def rope_cache(max_positions: int, head_dim: int, base: float = 10000.0, device=
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
     return torch.cat([angles.cos(), angles.sin()], dim=-1).float().to(device)
+
+
+# --------------------------------------------------------------------------
+# Engine runs (the kernels inside a whole model)
+# --------------------------------------------------------------------------
+
+ENGINE_PROMPTS = ["Once upon a time", "a"]   # a one-token prompt's prefill is a one-token step too
+
+
+def engine_greedy_tokens(monkeypatch, model_dir, kernels: str, device: str, max_model_len: int = 256,
+                         max_tokens: int = 4) -> list[list[int]]:
+    """Greedy continuations of ENGINE_PROMPTS by an fp32 engine on `model_dir` with the
+    `kernels` set (LLM_KERNELS: triton, the interpreter on CPU; or reference), one request at a time."""
+    from engine import EngineConfig, LLMEngine, SamplingParams
+    monkeypatch.setenv("LLM_KERNELS", kernels)
+    engine = LLMEngine(EngineConfig(model_dir=str(model_dir), device=device, dtype="float32",
+                                    num_kv_blocks=64, max_model_len=max_model_len))
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    return [engine.generate([p], params)[0].token_ids for p in ENGINE_PROMPTS]

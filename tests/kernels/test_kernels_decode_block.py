@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_testing import (ATTN_TOL, DEVICE, SMALL_DTYPES, check_close, gpu_only,
+from kernel_testing import (ATTN_TOL, DEVICE, SMALL_DTYPES, check_close, engine_greedy_tokens, gpu_only,
                             make_attention_inputs, rope_cache)
 from kernels import reference as ref_ops
 
@@ -175,24 +175,14 @@ def test_engine_with_the_block_keeps_greedy_tokens(monkeypatch, tiny_model_dir):
     """The engine with LLM_DECODE_BLOCK=1 (Triton kernels: the interpreter on CPU, the fused launch
     and CUDA graphs on a GPU) runs the block for its one-token steps, a one-token prompt's prefill
     included, and generates the reference engine's greedy tokens (fp32)."""
-    from engine import EngineConfig, LLMEngine, SamplingParams
     from kernels import triton_ops
-    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    prompts = ["Once upon a time", "a"]
-
-    def generate(kernels: str, device: str) -> list[list[int]]:
-        monkeypatch.setenv("LLM_KERNELS", kernels)
-        engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device=device, dtype="float32",
-                                        num_kv_blocks=64, max_model_len=256))
-        return [engine.generate([p], params)[0].token_ids for p in prompts]
-
     monkeypatch.setenv("LLM_DECODE_BLOCK", "1")
     calls = []
     block = triton_ops.decode_attention_block
     monkeypatch.setattr(triton_ops, "decode_attention_block", lambda *a, **kw: calls.append(1) or block(*a, **kw))
-    with_block = generate("triton", DEVICE)
+    with_block = engine_greedy_tokens(monkeypatch, tiny_model_dir, "triton", DEVICE)
     assert calls, "the engine never took the block"
-    assert with_block == generate("reference", "cpu")
+    assert with_block == engine_greedy_tokens(monkeypatch, tiny_model_dir, "reference", "cpu")
 
 
 _COMPILE_FOR_HOPPER = """

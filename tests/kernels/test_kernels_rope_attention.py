@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
-from kernel_testing import (ATTN_TOL, DEVICE, ON_GPU, SMALL_DTYPES, check_close, gpu_only,
-                            make_attention_inputs, rope_cache)
+from kernel_testing import (ATTN_TOL, DEVICE, ON_GPU, SMALL_DTYPES, check_close, engine_greedy_tokens,
+                            gpu_only, make_attention_inputs, rope_cache)
 from kernels import reference as ref_ops
 
 # name: (qlens, context_lens, Hq, Hkv, head_dim, page_size)
@@ -207,7 +207,6 @@ def test_engine_with_the_fusions_keeps_greedy_tokens(monkeypatch, fused, tiny_mo
     interpreter on CPU, CUDA graphs on a GPU) takes the one-launch decode attention, merging
     splits without the merge kernel, sums the down projection's split-K partials in the next
     layer's qkv kernel, and generates the reference engine's greedy tokens (fp32)."""
-    from engine import EngineConfig, LLMEngine, SamplingParams
     from kernels import attention, linear
     monkeypatch.setattr(linear, "_norm_linear_on", lambda: True)
     # Contexts this short take one split; three make the last split merge.
@@ -221,25 +220,16 @@ def test_engine_with_the_fusions_keeps_greedy_tokens(monkeypatch, fused, tiny_mo
     folded = []
     real_fold = linear._one_row_norm_linear
     monkeypatch.setattr(linear, "_one_row_norm_linear", lambda *a, **kw: folded.append(a[1]) or real_fold(*a, **kw))
-    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    prompts = ["Once upon a time", "a"]
-
-    def generate(kernels: str, device: str) -> list[list[int]]:
-        monkeypatch.setenv("LLM_KERNELS", kernels)
-        engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device=device, dtype="float32",
-                                        num_kv_blocks=64, max_model_len=512))
-        return [engine.generate([p], params)[0].token_ids for p in prompts]
-
     launched = []
     monkeypatch.setattr(attention, "_merge_splits_kernel",
                         _Counting(attention._merge_splits_kernel, "merge", launched))
     fused_launches = []
     real = attention._paged_attention_kernel
     monkeypatch.setattr(attention, "_paged_attention_kernel", _Counting(real, "attention", fused_launches))
-    with_fusions = generate("triton", DEVICE)
+    with_fusions = engine_greedy_tokens(monkeypatch, tiny_model_dir, "triton", DEVICE, max_model_len=512)
     assert fused_launches and "merge" not in launched, launched
     assert 2 in folded, f"no qkv kernel summed the down projection's partials: {folded}"
-    assert with_fusions == generate("reference", "cpu")
+    assert with_fusions == engine_greedy_tokens(monkeypatch, tiny_model_dir, "reference", "cpu", max_model_len=512)
 
 
 _COMPILE_FOR_HOPPER = """
