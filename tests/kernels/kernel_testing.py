@@ -106,3 +106,18 @@ def engine_greedy_tokens(monkeypatch, model_dir, kernels: str, device: str, max_
                                     num_kv_blocks=64, max_model_len=max_model_len))
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     return [engine.generate([p], params)[0].token_ids for p in ENGINE_PROMPTS]
+
+
+def run_compiled_for_hopper(code: str) -> str:
+    """Runs `code` (a script that compiles kernels with triton.compile for sm_90) in a process
+    without TRITON_INTERPRET, from the repository root; returns its stdout. No GPU is needed, so
+    CI sees front-end errors of launches the interpreter never makes, and what the PTX holds."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernel_testing import (ATTN_TOL, DEVICE, SMALL_DTYPES, check_close, engine_greedy_tokens, gpu_only,
-                            make_attention_inputs, rope_cache)
+                            make_attention_inputs, rope_cache, run_compiled_for_hopper)
 from kernels import reference as ref_ops
 
 _dtype_ids = lambda d: str(d).split(".")[-1]  # noqa: E731
@@ -207,13 +207,6 @@ def test_fused_launch_compiles_for_hopper():
     """The fused launch (grid barriers in inline PTX) never runs in the CPU interpreter, so it is
     compiled here for sm_90 without a GPU (in a process without TRITON_INTERPRET): front-end errors
     show up in CI, and the PTX holds the three barriers' release / acquire pairs."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    ptx = run.stdout
+    out = run_compiled_for_hopper(_COMPILE_FOR_HOPPER)
+    ptx = out
     assert ptx.count("red.release.gpu.global.add.u64") == 3 and ptx.count("ld.acquire.gpu.global.u64") == 3

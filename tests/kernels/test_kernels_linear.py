@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_testing import DEVICE, SMALL_DTYPES, TOL, check_close
+from kernel_testing import DEVICE, SMALL_DTYPES, TOL, check_close, run_compiled_for_hopper
 from kernels import reference as ref_ops
 
 
@@ -241,17 +241,10 @@ def test_one_row_kernel_requests_its_whole_slice_before_the_wait():
     ptxas: no variant spills past an SM's register file (255 a thread at most), and the signal
     after the product takes few enough that two programs fit an SM (kernel comment)."""
     import json
-    import os
-    import subprocess
-    import sys
     lin = _linear()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _ONE_ROW_FOR_HOPPER], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = run_compiled_for_hopper(_ONE_ROW_FOR_HOPPER)
     two_an_sm = 65536 // (2 * lin.ONE_ROW_WARPS * 32)
-    for case, got in json.loads(run.stdout.strip().splitlines()[-1]).items():
+    for case, got in json.loads(out.strip().splitlines()[-1]).items():
         print(f"one-row kernel, {case}: {got}")
         assert got["regs"] < 255, f"{case}: {got['regs']} registers a thread (spilling)"
         if "signal_at_wait=False" in case:

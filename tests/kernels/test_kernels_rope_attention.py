@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kernel_testing import (ATTN_TOL, DEVICE, ON_GPU, SMALL_DTYPES, check_close, engine_greedy_tokens,
-                            gpu_only, make_attention_inputs, rope_cache)
+                            gpu_only, make_attention_inputs, rope_cache, run_compiled_for_hopper)
 from kernels import reference as ref_ops
 
 # name: (qlens, context_lens, Hq, Hkv, head_dim, page_size)
@@ -256,15 +256,8 @@ def test_fused_decode_attention_compiles_for_hopper():
     """The fused decode launch is compiled here for sm_90 without a GPU (in a process without
     TRITON_INTERPRET), so front-end errors show in CI: the PTX holds the arrival count (one atomic
     add with acquire-release semantics at GPU scope)."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    ptx = run.stdout
+    out = run_compiled_for_hopper(_COMPILE_FOR_HOPPER)
+    ptx = out
     assert ptx.count("atom.global.gpu.acq_rel.add") == 1, "the last split's arrival count is missing"
     # The order the merge relies on: partial stores, a CTA barrier, the arrival, then the other
     # programs' partials read past L1; and the new K/V stored, a CTA barrier, before the tiles.
