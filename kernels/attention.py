@@ -612,9 +612,11 @@ def rope_and_paged_attention(q, k, v, positions, cos_sin_cache, k_cache, v_cache
 def _fusion_mode() -> str:
     """LLM_FUSED_DECODE_ATTENTION (read once): 1, RoPE and the split merge inside the decode
     attention kernel; rope, RoPE only (the merge kernel runs); unset or 0, neither (the RoPE
-    kernel and the merge kernel run, as before the fusion). Off by default until it has been
-    measured against the kernels it replaces on a GPU (correct on the interpreter and compiled
-    for sm_90, not yet timed)."""
+    kernel and the merge kernel run, as before the fusion). Off by default: with both inside,
+    batch-1 1B decode on an H100 was 1.7% slower (877 vs 892 tok/s; the graph on inert inputs,
+    every split empty, 31 us shorter), the one program per KV head that merges all splits after
+    the atomic being a longer tail than the merge kernel's program per head
+    (perf/results/2026-12-07-h100/batch1_fusions/). RoPE alone is not yet measured."""
     mode = os.environ.get("LLM_FUSED_DECODE_ATTENTION", "0").strip().lower()
     if mode not in ("0", "1", "rope"):
         raise ValueError(f"LLM_FUSED_DECODE_ATTENTION must be 0, 1 or rope, got {mode!r}")
