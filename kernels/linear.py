@@ -470,7 +470,7 @@ def _one_row_on() -> bool:
 def _norm_linear_on() -> bool:
     """LLM_NORM_LINEAR=1: one row's norm inside the projection's kernel (and the down
     projection's split-K sum inside the next qkv kernel); unset or 0, the norm kernel before the
-    linear. Off by default until measured beside the default one-row signal: with the signal
-    after the product it made batch-1 1B decode 2.6% faster on an H100 (915 vs 892 tok/s,
-    perf/results/2026-12-07-h100/batch1_fusions/)."""
+    linear. Off by default: batch-1 1B decode on an H100 was 4.2% slower with it beside the
+    default one-row signal (873 vs 911 tok/s), 2.6% faster beside the signal after the product
+    (915 vs 892), which is 0.5% above the default (perf/results/2026-12-07-h100/batch1_fusions/)."""
     return os.environ.get("LLM_NORM_LINEAR", "0") == "1"
