@@ -313,8 +313,10 @@ def rms_norm_linear(x: torch.Tensor | SplitSum, residual: torch.Tensor | None, n
     SplitSum (the previous projection's partials): one_row_linear's programs sum it themselves,
     anywhere else the reduce kernel runs first."""
     fused = _norm_linear_on() and _small_linear_on() and w.dtype == norm_w.dtype
-    one_row_n = None if gated or not _one_row_on() else one_row_tile(w.shape[0], w.shape[1], w.element_size(),
-                                                                      w.device)
+    # The tile is looked up only where the fusion is on (off by default: every eager step's norms
+    # come here and take the norm kernel).
+    one_row_n = None if not fused or gated or not _one_row_on() else one_row_tile(
+        w.shape[0], w.shape[1], w.element_size(), w.device)
     if isinstance(x, SplitSum):
         if fused and one_row_n is not None and residual is not None and x.dtype == w.dtype:
             return _one_row_norm_linear(x.parts, x.parts.shape[0], residual, norm_w, eps, w, one_row_n)
