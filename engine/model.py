@@ -72,11 +72,11 @@ class LlamaModel:
                 h, residual = self._one_token_attention(i, h, residual, x, kv_cache[i])
             else:
                 h, residual = self._attention(i, h, residual, x, kv_cache[i], tile_seqs)
-            h, residual = ops.rms_norm_linear(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps,
-                                              w[f"{i}.gate_up"], gated=True)
             # The next layer's rms_norm_linear is the down projection's only reader: it may take
             # the split-K partials and sum them itself (kernels/linear.py, SplitSum).
-            h = ops.linear(h, w[f"{i}.down"], keep_split=not one_token and i + 1 < cfg.num_layers)
+            h, residual = ops.rms_norm_mlp(h, residual, w[f"{i}.post_norm"], cfg.rms_norm_eps,
+                                           w[f"{i}.gate_up"], w[f"{i}.down"],
+                                           keep_split=not one_token and i + 1 < cfg.num_layers)
         # Only the rows that sample need the final norm and the (large) vocabulary projection.
         h, residual = h[x.logits_indices], residual[x.logits_indices]
         h, _ = ops.fused_add_rms_norm(h, residual, w["norm"], cfg.rms_norm_eps)

@@ -27,6 +27,7 @@ __all__ = [
     "silu_and_mul",
     "linear",
     "rms_norm_linear",
+    "rms_norm_mlp",
     "argmax_logsumexp",
     "choose_num_splits",
     "decode_attention_block",
@@ -255,6 +256,13 @@ def rms_norm_linear(x, residual, norm_w, eps, w, gated=False):
     else:
         h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
     return linear(h, w, gated=gated), residual
+
+
+def rms_norm_mlp(x, residual, norm_w, eps, gate_up, down, keep_split=False):
+    """The MLP half of a layer: (down projection of silu_and_mul(RMSNorm(x + residual) * norm_w
+    @ gate_up.T), the new residual). keep_split as in linear."""
+    h, residual = rms_norm_linear(x, residual, norm_w, eps, gate_up, gated=True)
+    return linear(h, down, keep_split=keep_split), residual
 
 
 def linear(x, w, gated=False, out=None, keep_split=False):

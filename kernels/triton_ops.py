@@ -5,6 +5,7 @@ from .attention import AttnConfig, attention_tile_map, default_config, paged_att
 from .decode_block import decode_attention_block, decode_block_fits
 from .heuristics import choose_num_splits
 from .linear import linear, rms_norm_linear
+from .mlp import rms_norm_mlp
 from .step_inputs import prepare_step_inputs
 from .norm import fused_add_rms_norm, rms_norm
 from .rope import apply_rope, rope_and_write_kv
@@ -21,6 +22,7 @@ __all__ = [
     "silu_and_mul",
     "linear",
     "rms_norm_linear",
+    "rms_norm_mlp",
     "argmax_logsumexp",
     "choose_num_splits",
     "AttnConfig",
