@@ -135,7 +135,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels import mlp
 fn = mlp._gated_mlp_kernel
-consts = dict(BLOCK_M=16, BLOCK_I=32, BLOCK_K=128, BLOCK_N=256, DOT_PRECISION="tf32", PDL=1)
+consts = dict(BLOCK_M=16, BLOCK_I=64, BLOCK_K=128, BLOCK_N=256, DOT_PRECISION="tf32", PDL=1, PREFETCH_LINES=1)
 ints = {"M": 1, "H": 2048, "I": 8192}
 signature = {n: "constexpr" if n in consts else ("*fp32" if n == "part_ptr" else "*bf16") if n.endswith("_ptr")
              else "i32" for n in fn.arg_names}
@@ -150,11 +150,13 @@ sys.stdout.write(compiled.asm["ptx"])
 
 def test_gated_mlp_compiles_for_hopper():
     """The fused MLP compiles for sm_90 without a GPU (CI sees front-end errors the interpreter
-    does not), its weight reads are vectorised, and it waits on the previous kernel (PDL)."""
+    does not), its weight reads are vectorised, it waits on the previous kernel (PDL), and with
+    the prefetch on it asks L2 for down's lines inside the gate/up loop, after the wait."""
     from kernel_testing import run_compiled_for_hopper
     ptx = run_compiled_for_hopper(_COMPILE_FOR_HOPPER)
     assert "griddepcontrol.wait" in ptx
     assert "cp.async" in ptx or "ld.global.v4" in ptx, "weight loads are not vectorised"
+    assert ptx.index("griddepcontrol.wait") < ptx.index("prefetch.global.L2::evict_last")
 
 
 @gpu_only
