@@ -175,8 +175,10 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, res_ptr, norm_w_ptr, r
         # The next PREFETCH_TILES tiles of this program's rows, one request a 128-byte line.
         LINE: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth
         lines = k_start + BLOCK_K + tl.arange(0, PREFETCH_TILES * BLOCK_K // LINE) * LINE
-        prefetch_l2(w_rows + lines[None, :],
-                    n_mask & (lines[None, :] < k_start + k_per_split) & (lines[None, :] < K))
+        line_mask = n_mask & (lines[None, :] < k_start + k_per_split) & (lines[None, :] < K)
+        prefetch_l2(w_rows + lines[None, :], line_mask)
+        if GATED:
+            prefetch_l2(u_rows + lines[None, :], line_mask)
     wait_for_previous(PDL, SIGNAL=not LATE_SIGNAL)
     rstd = 1.0
     if NORM:
@@ -447,6 +449,7 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
     perf/bench_small_linear.py on an H100 (1B and 8B shapes, 1 and 16 rows)."""
     if gated:
         return LinearConfig(block_n=32, block_k=128, num_warps=2, num_stages=3,
+                            l2_prefetch_tiles=int(os.environ.get("LLM_GATE_UP_PREFETCH_TILES", "0")),
                             late_signal=os.environ.get("LLM_GATE_UP_LATE_SIGNAL", "0") == "1",
                             evict_first=os.environ.get("LLM_GATE_UP_EVICT_FIRST", "0") == "1")
     if n >= 65536:     # vocabulary projection: plenty of programs, wide tiles

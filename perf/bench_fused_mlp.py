@@ -124,6 +124,9 @@ def main() -> None:
         variants[f"down_prefetch{tiles}_late"] = (replace(gu_default, late_signal=True),
                                                   replace(down_default, l2_prefetch_tiles=tiles))
     variants["late"] = (replace(gu_default, late_signal=True), down_default)
+    for tiles in (2, 4):
+        variants[f"gu_prefetch{tiles}_down_prefetch4"] = (replace(gu_default, l2_prefetch_tiles=tiles),
+                                                          replace(down_default, l2_prefetch_tiles=4))
     variants["down_prefetch4_evict_first"] = (replace(gu_default, evict_first=True),
                                               replace(down_default, l2_prefetch_tiles=4))
     two_trials = []
