@@ -22,12 +22,16 @@ _dtype_ids = lambda d: str(d).split(".")[-1]  # noqa: E731
 # (M, N, K): one row, odd row counts, N and K not multiples of the blocks, the 16-row maximum.
 SHAPES = [(1, 64, 128), (3, 80, 200), (16, 96, 256), (7, 33, 72)]
 CONFIGS = [dict(block_n=16, block_k=64, split_k=1), dict(block_n=32, block_k=32, split_k=3),
-           dict(block_n=16, block_k=64, split_k=8)]
+           dict(block_n=16, block_k=64, split_k=8),
+           # The streaming options (on a GPU: L2 prefetch before the PDL wait, evict_first reads,
+           # the signal after the product; in the interpreter only the signal's placement).
+           dict(block_n=16, block_k=64, split_k=3, l2_prefetch_tiles=2, evict_first=True, late_signal=True)]
 
 
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}"
+                         + ("_streaming" if c.get("l2_prefetch_tiles") else ""))
 @pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
 def test_small_linear(dtype, m, n, k, cfg, gated):
     """Plain: x @ w.T. Gated: w stacks gate over up, the result is silu_and_mul of the product."""
