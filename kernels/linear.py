@@ -34,7 +34,7 @@ from ._alloc import new_output
 from .activation import silu_and_mul
 from .heuristics import device_num_sms
 from .norm import fused_add_rms_norm, rms_norm
-from .pdl import let_next_launch, pdl_mode, prefetch_l2, signal_next_launch, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, signal_next_launch, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
            "one_row_linear", "one_row_tile", "ONE_ROW_SLICE_BYTES", "rms_norm_linear", "SplitSum"]
@@ -120,13 +120,6 @@ class LinearConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    # Weight tiles past the first that each program asks L2 for before its PDL wait (GPU only).
-    l2_prefetch_tiles: int = 0
-    # Weight reads marked evict_first, so a stream this long does not push out what the next
-    # kernel prefetched.
-    evict_first: bool = False
-    # Let the next kernel launch after this one's product rather than at its wait.
-    late_signal: bool = False
 
 
 @triton.jit
@@ -150,8 +143,7 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, res_ptr, norm_w_ptr, r
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          SPLIT: tl.constexpr, GATED: tl.constexpr, DOT_PRECISION: tl.constexpr,
                          NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, K_POW2: tl.constexpr,
-                         PDL: tl.constexpr, PREFETCH_TILES: tl.constexpr = 0, EVICT: tl.constexpr = "",
-                         LATE_SIGNAL: tl.constexpr = False):
+                         PDL: tl.constexpr):
     let_next_launch(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -167,19 +159,10 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, res_ptr, norm_w_ptr, r
     # The first weight tile is read before waiting for the previous kernel: nothing in a step
     # writes weights, so this read overlaps the kernels still running (PDL, see pdl.py).
     offs_k = k_start + tl.arange(0, BLOCK_K)
-    w = tl.load(w_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0, eviction_policy=EVICT)
+    w = tl.load(w_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
     if GATED:
-        u = tl.load(u_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0,
-                    eviction_policy=EVICT)
-    if PREFETCH_TILES > 0:
-        # The next PREFETCH_TILES tiles of this program's rows, one request a 128-byte line.
-        LINE: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth
-        lines = k_start + BLOCK_K + tl.arange(0, PREFETCH_TILES * BLOCK_K // LINE) * LINE
-        line_mask = n_mask & (lines[None, :] < k_start + k_per_split) & (lines[None, :] < K)
-        prefetch_l2(w_rows + lines[None, :], line_mask)
-        if GATED:
-            prefetch_l2(u_rows + lines[None, :], line_mask)
-    wait_for_previous(PDL, SIGNAL=not LATE_SIGNAL)
+        u = tl.load(u_rows + offs_k[None, :], mask=n_mask & (offs_k[None, :] < K), other=0.0)
+    wait_for_previous(PDL)
     rstd = 1.0
     if NORM:
         # One row (M = 1, the host's rule): (residual add +) its RMSNorm statistic, by every
@@ -201,13 +184,11 @@ def _small_linear_kernel(x_ptr, w_ptr, out_ptr, part_ptr, res_ptr, norm_w_ptr, r
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k[None, :] < K
         x = _x_tile(x_rows, res_rows, norm_w_ptr, offs_k, m_mask & k_mask, K, rstd, NORM, HAS_RESIDUAL)
-        w = tl.load(w_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0, eviction_policy=EVICT)
+        w = tl.load(w_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         if GATED:
-            u = tl.load(u_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0, eviction_policy=EVICT)
+            u = tl.load(u_rows + offs_k[None, :], mask=n_mask & k_mask, other=0.0)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=DOT_PRECISION)
-    if LATE_SIGNAL:
-        signal_next_launch(PDL)
     out_mask = m_mask & (offs_n[None, :] < N)
     if SPLIT:
         # Partials [split, M, (2 if GATED) * N] in fp32; the reduce kernel applies the gate.
@@ -429,9 +410,6 @@ def small_linear(x: torch.Tensor, w: torch.Tensor, config: LinearConfig | None =
                                NORM=norm is not None, HAS_RESIDUAL=residual is not None,
                                K_POW2=triton.next_power_of_2(K) if norm is not None else 16,
                                PDL=(pdl := pdl_mode(x.device)), launch_pdl=pdl > 0,
-                               PREFETCH_TILES=config.l2_prefetch_tiles if pdl > 0 else 0,
-                               EVICT="evict_first" if config.evict_first and pdl > 0 else "",
-                               LATE_SIGNAL=config.late_signal,
                                num_warps=config.num_warps, num_stages=config.num_stages)
     if split > 1 and keep_split and M == 1 and not gated:
         return SplitSum(part, x.dtype)
@@ -448,17 +426,13 @@ def choose_linear_config(n: int, k: int, gated: bool, device: torch.device | Non
     """Tiles for an [n, k] weight (n = output features, per half when gated), from the sweep of
     perf/bench_small_linear.py on an H100 (1B and 8B shapes, 1 and 16 rows)."""
     if gated:
-        return LinearConfig(block_n=32, block_k=128, num_warps=2, num_stages=3,
-                            l2_prefetch_tiles=int(os.environ.get("LLM_GATE_UP_PREFETCH_TILES", "0")),
-                            late_signal=os.environ.get("LLM_GATE_UP_LATE_SIGNAL", "0") == "1",
-                            evict_first=os.environ.get("LLM_GATE_UP_EVICT_FIRST", "0") == "1")
+        return LinearConfig(block_n=32, block_k=128, num_warps=2, num_stages=3)
     if n >= 65536:     # vocabulary projection: plenty of programs, wide tiles
         return LinearConfig(block_n=64, block_k=256, num_warps=4, num_stages=4)
     sms = device_num_sms(device)
     if k >= 8192 and triton.cdiv(n, 32) <= sms // 2:
         # Few output rows over a long K (a 1B model's down projection): split K so every SM reads.
-        return LinearConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=5,
-                            l2_prefetch_tiles=int(os.environ.get("LLM_DOWN_PREFETCH_TILES", "0")))
+        return LinearConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=5)
     return LinearConfig(block_n=32, block_k=256, num_warps=4, num_stages=5)
 
 

@@ -30,7 +30,7 @@ import triton.language as tl
 from ._alloc import new_output
 from .linear import linear, rms_norm_linear
 from .norm import fused_add_rms_norm, rms_norm
-from .pdl import let_next_launch, pdl_mode, prefetch_l2, wait_for_previous
+from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["MlpConfig", "gated_mlp", "rms_norm_mlp", "mlp_config", "MAX_MLP_ROWS"]
 
@@ -39,22 +39,20 @@ MAX_MLP_ROWS = 16
 
 @dataclass(frozen=True)
 class MlpConfig:
-    block_i: int = 32     # intermediate rows per program
+    """The best of perf/bench_fused_mlp.py's sweep on an H100 at the 1B shape, one row (fewer,
+    longer programs: 128 of them for I = 8192, so fewer partials to sum)."""
+    block_i: int = 64     # intermediate rows per program
     block_k: int = 128    # hidden columns per step of the gate/up read
-    block_n: int = 256    # output columns per step of the down read
+    block_n: int = 128    # output columns per step of the down read
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 4
     reduce_block_n: int = 16
-    # Ask L2 for down's band while gate/up are read (each step of that loop, the band's rows of
-    # the same index), so the read of down does not start cold (GPU only, down in HF layout).
-    prefetch_down: bool = False
 
 
 @triton.jit
 def _gated_mlp_kernel(x_ptr, gu_ptr, d_ptr, part_ptr, M, H, I, stride_xm, stride_gu, stride_dn, stride_di,
                       BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
-                      BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
-                      PREFETCH_LINES: tl.constexpr = 0):
+                      BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m[:, None] < M
@@ -81,11 +79,6 @@ def _gated_mlp_kernel(x_ptr, gu_ptr, d_ptr, part_ptr, M, H, I, stride_xm, stride
         u = tl.load(u_rows + offs_k[None, :], mask=i_mask & k_mask, other=0.0)
         acc_g = tl.dot(x, tl.trans(g), acc_g, input_precision=DOT_PRECISION)
         acc_u = tl.dot(x, tl.trans(u), acc_u, input_precision=DOT_PRECISION)
-        if PREFETCH_LINES > 0:
-            # down rows offs_k of this program's band: PREFETCH_LINES 128-byte lines a row.
-            line_cols = pid * BLOCK_I + tl.arange(0, PREFETCH_LINES) * (1024 // d_ptr.dtype.element_ty.primitive_bitwidth)
-            prefetch_l2(d_ptr + offs_k[:, None].to(tl.int64) * stride_dn + line_cols[None, :],
-                        (offs_k[:, None] < H) & (line_cols[None, :] < I))
     # [BLOCK_M, BLOCK_I] activations in the model's dtype; rows past I are 0 (their weights were).
     act = (acc_g / (1.0 + tl.exp(-acc_g)) * acc_u).to(x_ptr.dtype.element_ty)
     d_band = d_ptr + offs_i[:, None].to(tl.int64) * stride_di
@@ -138,15 +131,11 @@ def gated_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, config
     programs = triton.cdiv(I, config.block_i)
     part = torch.empty((programs, M, H), dtype=torch.float32, device=x.device)
     pdl = pdl_mode(x.device)
-    # The prefetch runs only on a GPU (inline PTX), for down in HF layout (rows of the band).
-    prefetch_lines = 0
-    if config.prefetch_down and pdl > 0 and down.stride(1) == 1:
-        prefetch_lines = triton.next_power_of_2(triton.cdiv(config.block_i * down.element_size(), 128))
     _gated_mlp_kernel[(programs,)](
         x, gate_up, down, part, M, H, I, x.stride(0), gate_up.stride(0), down.stride(0), down.stride(1),
         BLOCK_M=MAX_MLP_ROWS, BLOCK_I=config.block_i, BLOCK_K=config.block_k, BLOCK_N=config.block_n,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl, launch_pdl=pdl > 0,
-        PREFETCH_LINES=prefetch_lines, num_warps=config.num_warps, num_stages=config.num_stages)
+        num_warps=config.num_warps, num_stages=config.num_stages)
     # The partials of a column block in one load where they are few (one L2 round trip).
     block_p = min(128, triton.next_power_of_2(programs))
     _sum_partials_kernel[(M, triton.cdiv(H, config.reduce_block_n))](
@@ -174,14 +163,11 @@ def rms_norm_mlp(x, residual, norm_w: torch.Tensor, eps: float, gate_up: torch.T
 @functools.lru_cache(maxsize=None)
 def mlp_config() -> MlpConfig | None:
     """The fused MLP's tiles, or None where it is off. LLM_FUSED_MLP=1 turns it on;
-    LLM_MLP_CONFIG=block_i,block_k,block_n,warps,stages[,reduce_block_n[,prefetch_down]] sets its
-    tiles (for side-by-side runs)."""
+    LLM_MLP_CONFIG=block_i,block_k,block_n,warps,stages[,reduce_block_n] sets its tiles (for
+    side-by-side runs)."""
     if os.environ.get("LLM_FUSED_MLP", "0") != "1":
         return None
     setting = os.environ.get("LLM_MLP_CONFIG", "").strip()
     if not setting:
         return MlpConfig()
-    values = [int(v) for v in setting.split(",")]
-    if len(values) > 6:
-        values[6] = bool(values[6])
-    return MlpConfig(*values)
+    return MlpConfig(*[int(v) for v in setting.split(",")])

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-__all__ = ["pdl_mode", "let_next_launch", "wait_for_previous", "signal_next_launch", "prefetch_l2"]
+__all__ = ["pdl_mode", "let_next_launch", "wait_for_previous", "signal_next_launch"]
 
 PDL_OFF, PDL_AFTER_WAIT, PDL_AT_START = 0, 1, 2
 
@@ -92,14 +92,3 @@ def signal_next_launch(PDL: tl.constexpr):
     same program; every program must reach it or exit)."""
     if PDL == 1:
         gdc_launch_dependents()
-
-
-@triton.jit
-def prefetch_l2(ptrs, mask):
-    """Ask L2 for the 128-byte line at each pointer where mask holds, kept past streaming reads
-    (evict_last), without waiting or holding registers: a kernel before its PDL wait can have
-    more of its weights on the way than the tile it loads. GPU only (inline PTX): callers pass a
-    constexpr switch that is off in the interpreter."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0; }",
-        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)

@@ -74,16 +74,6 @@ def main() -> None:
             return x
         return run
 
-    from dataclasses import replace
-
-    from kernels.linear import choose_linear_config, small_linear
-    gu_default = choose_linear_config(inter, hidden, True, x0.device)
-    down_default = choose_linear_config(hidden, inter, False, x0.device)
-
-    def two_kernels_with(gu_cfg, down_cfg):
-        return lambda i, hn: small_linear(small_linear(hn, layers[i]["gate_up"], gu_cfg, gated=True),
-                                          layers[i]["down"], down_cfg)
-
     def two_kernels(i, hn):
         return linear(linear(hn, layers[i]["gate_up"], gated=True), layers[i]["down"])
 
@@ -116,38 +106,13 @@ def main() -> None:
         assert err < 2e-2, err
         return err
 
-    # The two kernels with their streaming tweaks (kernels/linear.py LinearConfig): down asks L2
-    # for more of its weights before its PDL wait; gate/up lets down launch only after its product.
-    variants = {"base": (gu_default, down_default)}
-    for tiles in (4, 8, 15):
-        variants[f"down_prefetch{tiles}"] = (gu_default, replace(down_default, l2_prefetch_tiles=tiles))
-    variants["late"] = (replace(gu_default, late_signal=True), down_default)
-    variants["down_prefetch8_late"] = (replace(gu_default, late_signal=True), replace(down_default, l2_prefetch_tiles=8))
-    for tiles in (2, 4):
-        variants[f"gu_prefetch{tiles}_down_prefetch8"] = (replace(gu_default, l2_prefetch_tiles=tiles),
-                                                          replace(down_default, l2_prefetch_tiles=8))
-    variants["down_prefetch8_evict_first"] = (replace(gu_default, evict_first=True),
-                                              replace(down_default, l2_prefetch_tiles=8))
-    two_trials = []
-    for name, (gu_cfg, down_cfg) in variants.items():
-        try:
-            err = check(two_kernels_with(gu_cfg, down_cfg))
-            us = step_us(step(two_kernels_with(gu_cfg, down_cfg), False))
-        except Exception as e:  # noqa: BLE001
-            print(f"  two kernels {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            continue
-        metrics[f"two_kernels_{name}_us"] = us
-        two_trials.append((us, name))
-        print(f"  two kernels {name:28s} {us:8.1f} us ({mlp_bytes / us / 1e6:.2f} TB/s) rel.err {err:.1e}", flush=True)
-    best_two_us, best_two = min(two_trials)
-    print(f"best_two_kernels={best_two} {best_two_us:.1f} us", flush=True)
-
     trials = []
-    grid = [(MlpConfig(bi, 128, bn, 4, ns, prefetch_down=pf), False)
-            for pf in (False, True) for bi, bn, ns in ((64, 128, 4), (64, 256, 3), (32, 256, 3), (32, 128, 4))]
+    # The fused kernel's tiles and down's storage, the default first (so it always runs).
+    grid = [(MlpConfig(), False), (MlpConfig(), True)]
+    grid += [(MlpConfig(bi, bk, bn, nw, ns), tr) for tr in (False, True) for bi in (32, 64)
+             for bk, bn in ((128, 128), (128, 256), (256, 128)) for nw, ns in ((4, 3), (4, 4), (8, 3))]
     grid += [(MlpConfig(64, 128, 128, 4, 4, reduce_block_n=rb), False) for rb in (32, 64)]
-    grid += [(MlpConfig(64, 128, 128, 4, 4), True)]
-    for config, transposed in grid:
+    for config, transposed in dict.fromkeys(grid):   # in order, each once
         if trials and time.time() > t_end:
             print("deadline: sweep stopped", flush=True)
             break
@@ -165,13 +130,10 @@ def main() -> None:
     for key in ("two_kernels_mlp_us", "fused_mlp_best_us"):
         metrics[key.replace("_us", "_tbps")] = mlp_bytes / (metrics[key] * 1e-6) / 1e12
     # Same again with the attention half's projections between the MLPs, best fused against two.
-    tweaked = two_kernels_with(*variants[best_two])
     for rep in ("", "_repeat"):
         metrics[f"two_kernels_layers{rep}_us"] = step_us(step(two_kernels, True))
-        metrics[f"two_kernels_{best_two}_layers{rep}_us"] = step_us(step(tweaked, True))
         metrics[f"fused_layers{rep}_us"] = step_us(step(fused(best, best_t), True))
     metrics["fused_layers_speedup"] = metrics["two_kernels_layers_us"] / metrics["fused_layers_us"]
-    metrics["tweaked_layers_speedup"] = metrics["two_kernels_layers_us"] / metrics[f"two_kernels_{best_two}_layers_us"]
     print({k: round(v, 3) for k, v in metrics.items()}, flush=True)
     for transposed in (False, True):
         layout = [t for t in trials if t[2] == transposed]
@@ -180,8 +142,8 @@ def main() -> None:
             metrics[f"fused_mlp_best_{'transposed' if transposed else 'hf'}_us"] = us
             # One line a script can read (LLM_MLP_CONFIG's format).
             print(f"best_{'transposed' if transposed else 'hf'}_config="
-                  f"{c.block_i},{c.block_k},{c.block_n},{c.num_warps},{c.num_stages},{c.reduce_block_n},"
-                  f"{int(c.prefetch_down)} {us:.1f} us", flush=True)
+                  f"{c.block_i},{c.block_k},{c.block_n},{c.num_warps},{c.num_stages},{c.reduce_block_n}"
+                  f" {us:.1f} us", flush=True)
     report = {"device": torch.cuda.get_device_name(), "command": " ".join(["python"] + sys.argv),
               "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "metrics": metrics,
               "best_config": {**best.__dict__, "down_transposed": best_t},

@@ -22,16 +22,12 @@ _dtype_ids = lambda d: str(d).split(".")[-1]  # noqa: E731
 # (M, N, K): one row, odd row counts, N and K not multiples of the blocks, the 16-row maximum.
 SHAPES = [(1, 64, 128), (3, 80, 200), (16, 96, 256), (7, 33, 72)]
 CONFIGS = [dict(block_n=16, block_k=64, split_k=1), dict(block_n=32, block_k=32, split_k=3),
-           dict(block_n=16, block_k=64, split_k=8),
-           # The streaming options (on a GPU: L2 prefetch before the PDL wait, evict_first reads,
-           # the signal after the product; in the interpreter only the signal's placement).
-           dict(block_n=16, block_k=64, split_k=3, l2_prefetch_tiles=2, evict_first=True, late_signal=True)]
+           dict(block_n=16, block_k=64, split_k=8)]
 
 
 @pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=_dtype_ids)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}"
-                         + ("_streaming" if c.get("l2_prefetch_tiles") else ""))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"bn{c['block_n']}_bk{c['block_k']}_s{c['split_k']}")
 @pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
 def test_small_linear(dtype, m, n, k, cfg, gated):
     """Plain: x @ w.T. Gated: w stacks gate over up, the result is silu_and_mul of the product."""
@@ -298,39 +294,3 @@ def test_split_sum_folded_into_the_next_norm_linear(dtype, monkeypatch):
     # With the switch off, linear never keeps the partials.
     monkeypatch.setattr(lin, "_norm_linear_on", lambda: False)
     assert isinstance(lin.linear(h, w_down, keep_split=True), torch.Tensor)
-
-
-_SMALL_LINEAR_STREAMING_FOR_HOPPER = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from kernels import linear
-fn = linear._small_linear_kernel
-for gated in (False, True):
-    consts = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=not gated, GATED=gated, DOT_PRECISION="tf32",
-                  NORM=False, HAS_RESIDUAL=False, K_POW2=16, PDL=1, PREFETCH_TILES=4, EVICT="evict_first",
-                  LATE_SIGNAL=True)
-    signature = {n: "constexpr" if n in consts else ("*fp32" if n == "part_ptr" else "*bf16") if n.endswith("_ptr")
-                 else "fp32" if n == "eps" else "i32" for n in fn.arg_names}
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
-             if n.endswith("_ptr") or n in ("N", "K", "stride_wn", "k_per_split", "gate_offset")}
-    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
-                       attrs=attrs)
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=4)).asm["ptx"]
-    sys.stdout.write(f"==== gated={gated}\\n" + ptx)
-"""
-
-
-def test_small_linear_streaming_options_compile_for_hopper():
-    """small_linear's streaming options compiled for sm_90 (no GPU needed): the L2 prefetch of
-    the next tiles is issued before the PDL wait (4 tiles of 128 bf16 columns are 8 lines a row,
-    x 64 rows / 128 threads = 4 prefetches a thread, twice that gated), and with the late signal
-    the next kernel's launch comes after the wait, not with it."""
-    out = run_compiled_for_hopper(_SMALL_LINEAR_STREAMING_FOR_HOPPER)
-    for gated, ptx in zip((False, True), out.split("==== gated=")[1:]):
-        wait = ptx.index("griddepcontrol.wait")
-        prefetches = ptx[:wait].count("prefetch.global.L2::evict_last")
-        assert prefetches == (8 if gated else 4), prefetches
-        assert "prefetch.global" not in ptx[wait:], "a prefetch after the wait"
-        launch = ptx.index("griddepcontrol.launch_dependents")
-        assert launch > wait and "cp.async.wait_group" in ptx[wait:launch], "the signal is not after the product"

@@ -109,9 +109,12 @@ def test_mlp_config_from_environment(monkeypatch):
         monkeypatch.delenv("LLM_MLP_CONFIG", raising=False)
         mlp.mlp_config.cache_clear()
         assert mlp.mlp_config() == expected
-    monkeypatch.setenv("LLM_MLP_CONFIG", "64,256,128,8,3")
+    monkeypatch.setenv("LLM_MLP_CONFIG", "32,256,64,8,3")
     mlp.mlp_config.cache_clear()
-    assert mlp.mlp_config() == MlpConfig(64, 256, 128, 8, 3)
+    assert mlp.mlp_config() == MlpConfig(32, 256, 64, 8, 3)
+    monkeypatch.setenv("LLM_MLP_CONFIG", "32,256,64,8,3,32")
+    mlp.mlp_config.cache_clear()
+    assert mlp.mlp_config().reduce_block_n == 32
     mlp.mlp_config.cache_clear()
 
 
@@ -135,7 +138,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels import mlp
 fn = mlp._gated_mlp_kernel
-consts = dict(BLOCK_M=16, BLOCK_I=64, BLOCK_K=128, BLOCK_N=256, DOT_PRECISION="tf32", PDL=1, PREFETCH_LINES=1)
+consts = dict(BLOCK_M=16, BLOCK_I=64, BLOCK_K=128, BLOCK_N=128, DOT_PRECISION="tf32", PDL=1)
 ints = {"M": 1, "H": 2048, "I": 8192}
 signature = {n: "constexpr" if n in consts else ("*fp32" if n == "part_ptr" else "*bf16") if n.endswith("_ptr")
              else "i32" for n in fn.arg_names}
@@ -150,13 +153,14 @@ sys.stdout.write(compiled.asm["ptx"])
 
 def test_gated_mlp_compiles_for_hopper():
     """The fused MLP compiles for sm_90 without a GPU (CI sees front-end errors the interpreter
-    does not), its weight reads are vectorised, it waits on the previous kernel (PDL), and with
-    the prefetch on it asks L2 for down's lines inside the gate/up loop, after the wait."""
+    does not), its weight reads are vectorised, and it waits on the previous kernel (PDL) after
+    its first weight reads."""
     from kernel_testing import run_compiled_for_hopper
     ptx = run_compiled_for_hopper(_COMPILE_FOR_HOPPER)
     assert "griddepcontrol.wait" in ptx
     assert "cp.async" in ptx or "ld.global.v4" in ptx, "weight loads are not vectorised"
-    assert ptx.index("griddepcontrol.wait") < ptx.index("prefetch.global.L2::evict_last")
+    wait = ptx.index("griddepcontrol.wait")
+    assert "ld.global" in ptx[:wait] or "cp.async" in ptx[:wait], "no weight read before the wait"
 
 
 @gpu_only
