@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from perf.bench_small_linear import SHAPES  # noqa: E402
+from perf.bench_small_linear import SHAPES, graph_step_us as step_us  # noqa: E402
 from perf.meta import git_commit  # noqa: E402
 
 
@@ -37,8 +37,6 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=240, help="seconds for the config sweep")
     args = ap.parse_args()
-
-    import triton.testing
 
     from kernels import triton_ops
     from kernels.linear import linear
@@ -80,18 +78,6 @@ def main() -> None:
     def fused(config, transposed):
         downs = down_t if transposed else [layer["down"] for layer in layers]
         return lambda i, hn: gated_mlp(hn, layers[i]["gate_up"], downs[i], config)
-
-    def step_us(fn) -> float:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") * 1e3
 
     copy = copy_bandwidth_tbps()
     metrics = {"copy_tbps": copy, "mlp_weight_mb": mlp_bytes / 1e6, "all_weight_mb": all_bytes / 1e6,

@@ -65,10 +65,24 @@ def graph_ms(op, weights) -> float:
     return ms / len(weights)
 
 
+def graph_step_us(fn) -> float:
+    """Median us of one replay of a CUDA graph of `fn` (run twice first on a side stream, so
+    compiles and allocations happen outside the capture)."""
+    import triton.testing
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") * 1e3
+
+
 def layer_chain(size: str, out_dir: Path, deadline_s: float) -> None:
     """The batch-1 projections of every layer in one graph (see the module docstring)."""
-    import triton.testing
-
     from kernels import reference, triton_ops
     from kernels.linear import LinearConfig, choose_linear_config, small_linear
     from perf.bench_engine import copy_bandwidth_tbps
@@ -106,22 +120,10 @@ def layer_chain(size: str, out_dir: Path, deadline_s: float) -> None:
                 x = proj(layer["down"], proj(layer["gate_up"], hn, c["gate_up"], gated=True), c["down"])
         return step
 
-    def step_us(fn) -> float:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") * 1e3
-
     copy = copy_bandwidth_tbps()
     metrics = {"copy_tbps": copy, "weight_mb": nbytes / 1e6, "roofline_us": nbytes / (copy * 1e12) * 1e6}
-    metrics["ours_us"] = step_us(chain(default))
-    metrics["cublas_us"] = step_us(chain())
+    metrics["ours_us"] = graph_step_us(chain(default))
+    metrics["cublas_us"] = graph_step_us(chain())
     print({k: round(v, 2) for k, v in metrics.items()}, flush=True)
     best = dict(default)
     best_us = metrics["ours_us"]
@@ -134,7 +136,7 @@ def layer_chain(size: str, out_dir: Path, deadline_s: float) -> None:
                 break
             trial = dict(best, **{name: cfg})
             try:
-                us = step_us(chain(trial))
+                us = graph_step_us(chain(trial))
             except Exception as e:  # noqa: BLE001  (registers / shared memory exceeded)
                 print(f"  {name} {cfg}: {type(e).__name__}", flush=True)
                 continue
