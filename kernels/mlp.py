@@ -15,6 +15,10 @@ two projections run apart (kernels/linear.py), so the two paths differ only in t
 fp32 sums. down may be stored either way: [H, I] as Hugging Face does (each program reads a
 BLOCK_I-wide column band, 2 * BLOCK_I bytes a row) or transposed, [I, H] viewed as [H, I] (each
 program's band is contiguous); the kernel takes strides.
+
+Off by default (LLM_FUSED_MLP=1 turns it on): at batch 1 on an H100 (1B shape) it streams the MLP at
+the same rate as the two kernels (engine -0.3%, perf/results/2026-12-07-h100/fused_mlp/), so the
+grid-wide wait between them is not where that time goes.
 """
 
 from __future__ import annotations
@@ -149,13 +153,14 @@ def rms_norm_mlp(x, residual, norm_w: torch.Tensor, eps: float, gate_up: torch.T
     """Triton version of reference.rms_norm_mlp: (the MLP of RMSNorm(x + residual) * norm_w, the
     new residual). With LLM_FUSED_MLP=1 and at most MAX_MLP_ROWS rows, the norm kernel and
     gated_mlp; else rms_norm_linear's gate/up projection and linear's down projection."""
-    if mlp_config() is not None and isinstance(x, torch.Tensor) and x.dim() == 2 \
+    config = mlp_config()
+    if config is not None and isinstance(x, torch.Tensor) and x.dim() == 2 \
             and x.shape[0] <= MAX_MLP_ROWS and x.dtype == gate_up.dtype:
         if residual is None:
             h, residual = rms_norm(x, norm_w, eps), x
         else:
             h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
-        return gated_mlp(h, gate_up, down, mlp_config()), residual
+        return gated_mlp(h, gate_up, down, config), residual
     h, residual = rms_norm_linear(x, residual, norm_w, eps, gate_up, gated=True)
     return linear(h, down, keep_split=keep_split), residual
 
