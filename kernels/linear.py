@@ -33,7 +33,7 @@ from . import reference
 from ._alloc import new_output
 from .activation import silu_and_mul
 from .heuristics import device_num_sms
-from .norm import fused_add_rms_norm, rms_norm
+from .norm import residual_rms_norm
 from .pdl import let_next_launch, pdl_mode, signal_next_launch, wait_for_previous
 
 __all__ = ["LinearConfig", "choose_linear_config", "linear", "small_linear", "MAX_SMALL_M",
@@ -322,10 +322,7 @@ def rms_norm_linear(x: torch.Tensor | SplitSum, residual: torch.Tensor | None, n
             return _one_row_norm_linear(x.parts, x.parts.shape[0], residual, norm_w, eps, w, one_row_n)
         x = x.reduce()
     if not (fused and x.dim() == 2 and x.shape[0] == 1 and x.dtype == w.dtype):
-        if residual is None:
-            h, residual = rms_norm(x, norm_w, eps), x
-        else:
-            h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
+        h, residual = residual_rms_norm(x, residual, norm_w, eps)
         return linear(h, w, gated=gated), residual
     if one_row_n is not None:
         return _one_row_norm_linear(x.contiguous(), 0, residual, norm_w, eps, w, one_row_n)

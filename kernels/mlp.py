@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ._alloc import new_output
 from .linear import linear, rms_norm_linear
-from .norm import fused_add_rms_norm, rms_norm
+from .norm import residual_rms_norm
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
 __all__ = ["MlpConfig", "gated_mlp", "rms_norm_mlp", "mlp_config", "MAX_MLP_ROWS"]
@@ -156,10 +156,7 @@ def rms_norm_mlp(x, residual, norm_w: torch.Tensor, eps: float, gate_up: torch.T
     config = mlp_config()
     if config is not None and isinstance(x, torch.Tensor) and x.dim() == 2 \
             and x.shape[0] <= MAX_MLP_ROWS and x.dtype == gate_up.dtype:
-        if residual is None:
-            h, residual = rms_norm(x, norm_w, eps), x
-        else:
-            h, residual = fused_add_rms_norm(x, residual, norm_w, eps)
+        h, residual = residual_rms_norm(x, residual, norm_w, eps)
         return gated_mlp(h, gate_up, down, config), residual
     h, residual = rms_norm_linear(x, residual, norm_w, eps, gate_up, gated=True)
     return linear(h, down, keep_split=keep_split), residual

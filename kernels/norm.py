@@ -14,7 +14,7 @@ import triton.language as tl
 from ._alloc import new_output
 from .pdl import let_next_launch, pdl_mode, wait_for_previous
 
-__all__ = ["rms_norm", "fused_add_rms_norm"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "residual_rms_norm"]
 
 
 @triton.jit
@@ -88,3 +88,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def fused_add_rms_norm(x, residual, weight, eps):
     """Triton version of reference.fused_add_rms_norm -> (out, residual_out)."""
     return _launch(x, residual, weight, eps)
+
+
+def residual_rms_norm(x, residual, weight, eps):
+    """A layer's norm with its residual stream -> (out, new residual): x + residual normalised
+    (fused_add_rms_norm), or, for the first layer (residual None), x itself, which becomes the
+    residual."""
+    if residual is None:
+        return rms_norm(x, weight, eps), x
+    return fused_add_rms_norm(x, residual, weight, eps)
