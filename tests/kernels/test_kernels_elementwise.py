@@ -157,7 +157,12 @@ def test_argmax_logsumexp(dtype, rows, vocab):
     # greedy_out: the tokens, then their log-probabilities under the raw distribution
     assert greedy[:rows].tolist() == ref_ids.tolist()
     want = x.float().gather(1, ref_ids[:, None]).squeeze(1) - ref_lse
-    check_close("greedy log-probabilities", greedy[rows:].float(), want, 1e-5)
+    # A log-probability is logit - lse in fp32, so its error is a rounding of lse (up to ~16 here):
+    # bounded against lse's size, not its own (a near-certain token's is near 0, where a relative
+    # bound failed on a 1-ulp difference about one run in a hundred).
+    got = greedy[rows:].float()
+    assert torch.isfinite(got).all() and got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, ref_lse.abs().max().item()), (got, want)
 
 
 def test_argmax_logsumexp_ties_and_blocked_tokens():
