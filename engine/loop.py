@@ -60,6 +60,14 @@ def error_kind_of(e: Exception) -> str | None:
     return None
 
 
+def engine_stopped_output(request_id: str, reason: str) -> RequestOutput:
+    """The final output of a request in flight when the engine died (a failed step, a dead engine
+    process): UNAVAILABLE with the same words as a request refused after that (the model's
+    "the engine has stopped: ..."), since another instance or a restarted one can serve it."""
+    return RequestOutput(request_id, "", [], True, "error", error=f"the engine has stopped: {reason}",
+                         error_kind=ERROR_UNAVAILABLE)
+
+
 def merge_outputs(*outs: RequestOutput) -> RequestOutput:
     """One output equivalent to delivering `outs` in order (same request)."""
     last = outs[-1]
@@ -81,19 +89,24 @@ def rest_after_delivery(busy_s: float) -> None:
         time.sleep(min(busy_s * (1 - DELIVERY_MAX_BUSY) / DELIVERY_MAX_BUSY, DELIVERY_MAX_REST_S))
 
 
-def deliver_outputs(items, dead: set[str], abort: Callable[[str], None], yield_gil: bool = True) -> None:
+def deliver_outputs(items, dead: set[tuple[str, int]] | None, abort: Callable[[str], None],
+                    yield_gil: bool = True) -> None:
     """Hand each (callback, output) pair to its callback. A callback that raises loses its request:
     the request is aborted in the engine (its blocks freed) and its later outputs are dropped
-    (`dead` holds it until its final output has gone by).
+    (`dead` holds it until its final output has gone by; None where the caller forgets the
+    receiver itself). A receiver is the request id and the callback together, as in the delivery
+    loop's merge: a duplicate id that the engine refuses has its own callback, whose error must
+    still arrive while the first receiver's outputs are being dropped.
 
     yield_gil: after each callback, let a thread waiting for the GIL (the engine thread of this
     process) have it. Off where the engine runs in another process (engine/remote.py): there each
     hand-over only made this thread wait for the GIL again behind the process's other senders."""
     for cb, out in items:
         rid = out.request_id
-        if rid in dead:
+        receiver = (rid, id(cb))
+        if dead is not None and receiver in dead:
             if out.finished:
-                dead.discard(rid)
+                dead.discard(receiver)
             continue
         try:
             cb(out)
@@ -105,7 +118,8 @@ def deliver_outputs(items, dead: set[str], abort: Callable[[str], None], yield_g
         except Exception:
             log.warning("output callback for %s failed:\n%s", rid, traceback.format_exc())
             if not out.finished:
-                dead.add(rid)
+                if dead is not None:
+                    dead.add(receiver)
                 abort(rid)   # the receiver is gone: free the request's blocks now
 
 
@@ -267,11 +281,11 @@ class EngineLoop:
             self._new.clear()
         pending += list(self._callbacks.items())
         self._callbacks.clear()
-        self._post([(cb, RequestOutput(rid, "", [], True, "error", error=message)) for rid, cb in pending])
+        self._post([(cb, engine_stopped_output(rid, message)) for rid, cb in pending])
 
     # ----- delivery thread -----------------------------------------------------------------------
     def _deliver_loop(self) -> None:
-        dead: set[str] = set()   # requests whose receiver failed: drop their remaining outputs
+        dead: set[tuple[str, int]] = set()   # receivers that failed: drop their remaining outputs
         while True:
             with self._outbox_ready:
                 while not self._outbox and not self._engine_done:
@@ -299,5 +313,5 @@ class EngineLoop:
             deliver_outputs(merged.values(), dead, self.abort)
             rest_after_delivery(time.perf_counter() - started)
 
-__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "error_kind_of", "merge_outputs",
-           "rest_after_delivery"]
+__all__ = ["EngineLoop", "EngineDead", "QueueFull", "deliver_outputs", "engine_stopped_output", "error_kind_of",
+           "merge_outputs", "rest_after_delivery"]

@@ -55,7 +55,8 @@ from typing import Callable
 
 from engine.config import EngineConfig
 from engine.engine import EngineStats, RequestLimits, check_request, load_tokenizer
-from engine.loop import EngineDead, EngineLoop, deliver_outputs, error_kind_of, merge_outputs, rest_after_delivery
+from engine.loop import (EngineDead, EngineLoop, deliver_outputs, engine_stopped_output, error_kind_of, merge_outputs,
+                         rest_after_delivery)
 from engine.sampling_params import InvalidRequest, SamplingParams
 from engine.scheduler import QueueFull
 from engine.sequence import RequestOutput
@@ -83,7 +84,6 @@ class RemoteEngineLoop:
         self.info: dict = {}                       # from the child: num_blocks, max_model_len, ...
         self._stats: EngineStats | None = None     # the child's, as of its last message
         self._callbacks: dict[str, OutputCallback] = {}
-        self._dead: set[str] = set()               # receivers that failed: drop their outputs
         self._unstarted: set[str] = set()          # sent, no output yet (the queue bound counts them)
         self._draining = False
         self._send_lock = threading.Lock()
@@ -318,7 +318,7 @@ class RemoteEngineLoop:
             for rid, _ in pending:
                 del self._callbacks[rid]
         if self.fatal_error:
-            last = [RequestOutput(rid, "", [], True, "error", error=self.fatal_error) for rid, _ in pending]
+            last = [engine_stopped_output(rid, self.fatal_error) for rid, _ in pending]
         else:
             last = [RequestOutput(rid, "", [], True, "abort") for rid, _ in pending]
         self._deliver_to([(cb, out) for (_, cb), out in zip(pending, last)])
@@ -342,15 +342,13 @@ class RemoteEngineLoop:
         self._deliver_to(items)
 
     def _deliver_to(self, items) -> None:
-        deliver_outputs(items, self._dead, self._abort_failed, yield_gil=False)
+        # No `dead` marks: _abort_failed forgets the receiver, so its later outputs find no callback.
+        deliver_outputs(items, None, self._abort_failed, yield_gil=False)
 
     def _abort_failed(self, request_id: str) -> None:
-        """A callback raised (deliver_outputs): forget the request and abort it in the child.
-        Its later outputs find no callback, so the `dead` mark that deliver_outputs keeps until
-        a final output goes by is not needed here (it would never be cleared)."""
+        """A callback raised (deliver_outputs): forget the request and abort it in the child."""
         with self._lock:
             self._callbacks.pop(request_id, None)
-        self._dead.discard(request_id)
         self.abort(request_id)
 
 

@@ -15,6 +15,8 @@ from collections import defaultdict
 import pytest
 
 from engine import EngineDead, EngineLoop, InvalidRequest, QueueFull, SamplingParams
+from engine.loop import deliver_outputs
+from engine.sequence import ERROR_UNAVAILABLE, RequestOutput
 from engine_testing import PROMPTS, joined, run_requests
 
 TIMEOUT = 60.0
@@ -215,8 +217,8 @@ def test_fatal_step_error_fails_every_request_and_kills_the_loop(gqa, engine_fac
     for rid in ("a", "b", "c", "queued"):
         outs = col.outs[rid]
         assert sum(o.finished for o in outs) == 1 and outs[-1].finished
-        assert outs[-1].finish_reason == "error"
-        assert "boom: device lost" in outs[-1].error
+        assert outs[-1].finish_reason == "error" and outs[-1].error_kind == ERROR_UNAVAILABLE
+        assert outs[-1].error.startswith("the engine has stopped: engine step failed: RuntimeError: boom: device lost")
     wait_for(lambda: not loop.healthy)
     assert "boom" in loop.fatal_error
     with pytest.raises(EngineDead):
@@ -310,6 +312,31 @@ def test_duplicate_request_id_fails_only_the_duplicate(gqa, engine_factory, loop
     first.wait(["same"])
     ref = engine_factory(gqa)
     assert first.result("same") == run_requests(ref, [PROMPTS[1]], greedy(30))[0]
+
+
+def test_a_failed_receiver_does_not_swallow_a_refused_duplicates_error():
+    """deliver_outputs drops the outputs of a receiver whose callback raised until its final one,
+    but a receiver is the id and its callback: a duplicate of that id, refused by the engine
+    while the first one's abort is on its way, must still get its error (keyed by id alone, the
+    refusal was dropped and the failed receiver was called again with the abort)."""
+    first_calls, dup_calls, aborted = [], [], []
+
+    def first(out):
+        first_calls.append(out)
+        raise ConnectionError("client went away")
+
+    def out(finished, reason=None, error=None):
+        return RequestOutput("same", "x", [7], finished, reason, error=error)
+
+    dead = set()
+    deliver_outputs([(first, out(False))], dead, aborted.append, yield_gil=False)
+    assert aborted == ["same"] and len(first_calls) == 1
+    refusal = out(True, "error", "'same' is already running")
+    deliver_outputs([(dup_calls.append, refusal), (first, out(False)), (first, out(True, "abort"))],
+                    dead, aborted.append, yield_gil=False)
+    assert dup_calls == [refusal]
+    assert len(first_calls) == 1, "the failed receiver must not be called again"
+    assert not dead, "the mark goes with the failed receiver's final output"
 
 
 def test_submit_many_queues_each_request_or_returns_its_error(gqa, engine_factory, loops):
