@@ -145,6 +145,16 @@ class RemoteEngineLoop:
         return (self.fatal_error is None and not self._stopping and self._proc is not None
                 and self._proc.poll() is None)
 
+    def _why_not_healthy(self) -> str:
+        """Why new requests are refused. The child can be seen dead (poll) before the receiver
+        thread has recorded its exit as fatal_error: that is a crash too, not a shutdown."""
+        if self.fatal_error:
+            return self.fatal_error
+        code = self._proc.poll() if self._proc is not None else None
+        if code is not None and not self._stopping:
+            return f"the engine process exited unexpectedly (exit code {code})"
+        return "the engine is shutting down"
+
     @property
     def num_in_flight(self) -> int:
         return len(self._callbacks)
@@ -170,7 +180,7 @@ class RemoteEngineLoop:
         batch instead of per request. Each result is the request's prompt length, or the
         exception `submit` would raise for it (then nothing was queued for it)."""
         if not self.healthy:
-            return [EngineDead(self.fatal_error or "the engine is shutting down")] * len(requests)
+            return [EngineDead(self._why_not_healthy())] * len(requests)
         if self._draining:
             return [EngineDead("the server is shutting down")] * len(requests)
         # Here, not in the busy child: its GIL belongs to the engine.
