@@ -10,6 +10,7 @@ before penalties/temperature), as vLLM reports by default.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -183,7 +184,11 @@ class Sampler:
         # top_k >= vocab is no filter; clamping also keeps a huge value ({"top_k": 1e30}) from
         # overflowing the int64 tensor below and failing the whole step.
         top_ks = [min(s.params.top_k, vocab) if s.params.top_k > 0 else vocab for s in seqs]
-        top_ps = [s.params.top_p for s in seqs]
+        # top_p = 1 is no filter either, but the sort below runs for the whole batch as soon as one
+        # row filters: a row that does not ask gets an infinite threshold, since its float32 mass
+        # can reach 1.0 before the tail (a 128k vocabulary's flat tail), which would make tokens it
+        # may draw alone undrawable beside such a row (and its seeded draws depend on the batch).
+        top_ps = [s.params.top_p if s.params.top_p < 1.0 else math.inf for s in seqs]
         if any(k < vocab for k in top_ks) or any(p < 1.0 for p in top_ps):
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             ranks = torch.arange(vocab, device=logits.device)[None, :]

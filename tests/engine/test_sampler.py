@@ -238,6 +238,25 @@ def test_seeded_rows_reproduce_and_ignore_batch_composition():
     assert a != b
 
 
+@pytest.mark.parametrize("neighbour", [dict(top_p=0.9), dict(top_k=50)])
+def test_an_unfiltered_row_keeps_its_whole_distribution_beside_a_filtering_row(neighbour):
+    """A row without top-k/top-p draws from the same distribution, bit for bit, whether or not a
+    row that filters shares the batch: a Llama-3-sized vocabulary with one confident token and a
+    flat tail, whose float32 cumulative mass reaches 1.0 thousands of tokens before its end (the
+    top-p mask once cut those tokens from every row of such a batch, and seeded draws changed)."""
+    vocab = 128256
+    logits = torch.linspace(0, -1e-3, vocab)
+    logits[torch.randint(vocab, (1,)).item()] = 5.0 + math.log(vocab)
+    logits += torch.rand(vocab) * 1e-4   # fresh tail each run
+    plain = fake_seq([1], SamplingParams(temperature=1.0), request_id="plain")
+    filtering = fake_seq([1], SamplingParams(temperature=1.0, **neighbour), request_id="filtering")
+    sampler = Sampler(CPU)
+    alone = sampler._filtered_probs(logits[None].clone(), [plain])[0]
+    beside = sampler._filtered_probs(logits[None].expand(2, -1).clone(), [plain, filtering])[0]
+    assert int((alone > 0).sum()) == vocab
+    assert torch.equal(alone, beside)
+
+
 def test_unseeded_sampling_follows_the_engine_seed():
     logits = peaked_logits(50, seed=6, spread=1.0)
     p = SamplingParams(temperature=1.0)
