@@ -53,9 +53,18 @@ class ModelConfig:
     @classmethod
     def _from_hf(cls, cfg: dict, model_dir: Path, path: Path) -> "ModelConfig":
         archs = cfg.get("architectures") or []
-        if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-            raise ModelLoadError(f"unsupported architecture {archs or cfg.get('model_type')!r} in {path}; "
-                                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        # Without `architectures` transformers goes by model_type (AutoModelForCausalLM), so do we.
+        supported = any(a in SUPPORTED_ARCHITECTURES for a in archs) if archs else cfg.get("model_type") == "llama"
+        if not supported:
+            named = f"architectures {archs!r}" if archs else f"model_type {cfg.get('model_type')!r} (no architectures)"
+            raise ModelLoadError(f"unsupported architecture: {named} in {path}; "
+                                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')")
+        if cfg.get("quantization_config"):
+            # Its scales (FP8 weight_scale, GPTQ scales, ...) would be dropped and the raw weights
+            # served: wrong outputs, silently.
+            method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
+            raise ModelLoadError(f"quantization_config (quant_method {method!r}) in {path} is not supported: "
+                                 "serve an unquantized checkpoint (bfloat16, float16 or float32 weights)")
         for flag in ("attention_bias", "mlp_bias"):
             if cfg.get(flag):
                 raise ModelLoadError(f"{flag}=true is not supported (Llama checkpoints have no biases)")
@@ -71,7 +80,7 @@ class ModelConfig:
             if rtype not in SUPPORTED_ROPE_TYPES:
                 raise ModelLoadError(f"rope_scaling type {rtype!r} is not supported "
                                      f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
-            scaling = None if rtype == "default" else {**scaling, "rope_type": rtype}
+            scaling = None if rtype == "default" else _complete_rope_scaling(scaling, rtype, cfg, path)
 
         gen_eos = _generation_eos(model_dir)
         eos = gen_eos if gen_eos is not None else cfg.get("eos_token_id")
@@ -96,11 +105,31 @@ class ModelConfig:
         )
 
 
+# The keys each scaled RoPE needs (engine/rope.py), as transformers requires them.
+_ROPE_KEYS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
+
+
+def _complete_rope_scaling(scaling: dict, rtype: str, cfg: dict, path: Path) -> dict:
+    """The scaling dict with rope_type set and its required keys checked; llama3's
+    original_max_position_embeddings defaults to max_position_embeddings, as in transformers."""
+    for key in _ROPE_KEYS[rtype]:
+        if key not in scaling:
+            raise ModelLoadError(f"rope_scaling of type {rtype!r} in {path} lacks the required key {key!r}")
+    out = {**scaling, "rope_type": rtype}
+    if rtype == "llama3" and "original_max_position_embeddings" not in out:
+        out["original_max_position_embeddings"] = cfg.get("max_position_embeddings", 2048)
+    return out
+
+
 def _generation_eos(model_dir: Path):
     path = model_dir / "generation_config.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("eos_token_id")
+    try:
+        gen = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+    return gen.get("eos_token_id") if isinstance(gen, dict) else None
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

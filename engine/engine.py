@@ -105,8 +105,11 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config.model_dir)
         # Byte-level tokenizers (Llama 3) get the fast detokenizer: token bytes, no tokenizer calls.
         self.byte_tokens = ByteLevelTokens(self.tokenizer) if ByteLevelTokens.supports(self.tokenizer) else None
-        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
-                                 self.model_config.max_position_embeddings)
+        model_limit = self.model_config.max_position_embeddings
+        self.max_model_len = min(config.max_model_len or model_limit, model_limit)
+        if config.max_model_len and config.max_model_len > model_limit:
+            log.warning("max_model_len %d is above the model's max_position_embeddings; serving %d tokens",
+                        config.max_model_len, model_limit)
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
                                           config.enable_prefix_caching)

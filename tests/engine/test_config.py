@@ -46,7 +46,30 @@ def test_unsupported_architecture(model_copy, arch, model_type):
 def test_no_architectures_names_the_model_type(model_copy):
     edit_json(model_copy / "config.json", lambda c: (c.pop("architectures"), c.update(model_type="gpt2")))
     msg = load_error(model_copy)
-    assert "gpt2" in msg
+    assert "model_type 'gpt2'" in msg and "no architectures" in msg
+
+
+def test_no_architectures_with_model_type_llama_loads(model_copy, tiny_model_dir):
+    """As transformers' AutoModelForCausalLM does: model_type names the architecture."""
+    edit_json(model_copy / "config.json", lambda c: (c.pop("architectures"), c.update(model_type="llama")))
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    prompt = [[5, 9, 13, 2]]
+    assert run_requests(make_engine(model_copy), prompt, params) == run_requests(make_engine(tiny_model_dir), prompt, params)
+
+
+@pytest.mark.parametrize("quant", [dict(quant_method="fp8", weight_block_size=[128, 128]),
+                                   dict(quant_method="gptq", bits=4)])
+def test_quantized_checkpoints_are_refused(model_copy, quant):
+    """Their scales would be dropped and the raw weights served (wrong outputs, silently)."""
+    edit_json(model_copy / "config.json", lambda c: c.update(quantization_config=quant))
+    msg = load_error(model_copy)
+    assert "quantization_config" in msg and quant["quant_method"] in msg
+
+
+def test_invalid_generation_config(model_copy):
+    (model_copy / "generation_config.json").write_text("{eos_token_id: 2}")
+    msg = load_error(model_copy)
+    assert "generation_config.json" in msg and "not valid JSON" in msg
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -177,6 +200,19 @@ def test_rope_parameters_v5_style(model_copy, params, theta, scaling):
     assert cfg.rope_theta == theta and cfg.rope_scaling == scaling
 
 
+def test_llama3_rope_defaults_its_original_length_and_names_missing_keys(model_copy):
+    """transformers takes original_max_position_embeddings from max_position_embeddings when the
+    llama3 scaling omits it; the frequency factors it requires are named when missing."""
+    llama3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0)
+    edit_json(model_copy / "config.json", lambda c: c.update(rope_scaling=llama3, max_position_embeddings=512))
+    cfg = ModelConfig.from_dir(model_copy)
+    assert cfg.rope_scaling == {**llama3, "original_max_position_embeddings": 512}
+    make_engine(model_copy)   # builds its RoPE table
+    edit_json(model_copy / "config.json", lambda c: c["rope_scaling"].pop("high_freq_factor"))
+    msg = load_error(model_copy)
+    assert "llama3" in msg and "'high_freq_factor'" in msg
+
+
 def test_v5_unsupported_rope_type(model_copy):
     def edit(c):
         c.pop("rope_theta")
@@ -228,9 +264,11 @@ def test_default_kv_cache_size_on_cpu(tiny_model_dir):
     assert eng.kv_capacity_tokens == eng.runner.num_blocks * 16
 
 
-def test_max_model_len_is_capped_by_the_model(tiny_model_dir):
-    eng = make_engine(tiny_model_dir, max_model_len=10**6)
+def test_max_model_len_is_capped_by_the_model(tiny_model_dir, caplog):
+    with caplog.at_level("WARNING", logger="engine.engine"):
+        eng = make_engine(tiny_model_dir, max_model_len=10**6)
     assert eng.max_model_len == 2048
+    assert "max_model_len 1000000 is above the model's max_position_embeddings; serving 2048" in caplog.text
     eng = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cpu", num_kv_blocks=8))
     assert eng.max_model_len == 2048
     assert make_engine(tiny_model_dir, max_model_len=100).max_model_len == 100
