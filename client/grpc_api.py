@@ -121,8 +121,7 @@ class GrpcStream(Iterator[Chunk]):
                 client, self._client = self._client, None
                 self._closed = True
                 if client is not None:
-                    client.stop_stream(cancel_requests=True)
-                    client.close()
+                    _stop_stream(client, cancel=True)
                 raise error_from_grpc(self._cause_reported_to_callback(e)) from None
 
     def _cause_reported_to_callback(self, e: Exception) -> Exception:
@@ -181,10 +180,24 @@ class GrpcStream(Iterator[Chunk]):
             client, self._client = self._client, None
         self._responses.put(_CLOSED)
         if client is not None:
-            try:
-                client.stop_stream(cancel_requests=not self._finished)
-            finally:
-                client.close()
+            _stop_stream(client, cancel=not self._finished)
+
+
+def _stop_stream(client, cancel: bool) -> None:
+    """Stop the client's stream (cancelling its request on the server if `cancel`) and close it.
+    tritonclient 2.51's cancelling stop never ends the stream's request queue, so gRPC's thread
+    that feeds requests from it would wait on it for good: one thread (and its memory) left per
+    cancelled stream, for the life of the process. The end marker is put in here."""
+    stream = getattr(client, "_stream", None)
+    try:
+        client.stop_stream(cancel_requests=cancel)
+    finally:
+        try:
+            requests = getattr(stream, "_request_queue", None)
+            if cancel and requests is not None:
+                requests.put(None)
+        finally:
+            client.close()
 
 
 def stream_grpc(url: str, model: str, request: GenerateRequest, *,
@@ -240,10 +253,12 @@ class AsyncGrpcClient:
     async def stream(self, model: str, request: GenerateRequest, *,
                      timeout: float | None = None) -> AsyncIterator[Chunk]:
         done = asyncio.Event()
+        # Built before the call: raised inside the request iterator, an error would reach the
+        # caller as the call's cancellation.
+        first = {**_stream_request(model, request), "parameters": {"triton_enable_empty_final_response": True}}
 
         async def requests():
-            yield {**_stream_request(model, request),
-                   "parameters": {"triton_enable_empty_final_response": True}}
+            yield first
             # Keep our side of the stream open until the final response, so
             # the server never sees a half-closed stream mid-generation.
             await done.wait()

@@ -125,8 +125,12 @@ def _post(url: str, path: str, body: dict, deadline: _Deadline) -> tuple[http.cl
     """Send the request and read the status line and headers, all within the deadline. Returns
     the connection, its socket (to set the time left before each later read) and the response."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError as e:   # "localhost:abc"
+        raise ClientError("INVALID_ARGUMENT", f"bad url {url!r}: {e}") from None
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=deadline.remaining())
+    conn = conn_cls(parts.hostname, port, timeout=deadline.remaining())
     try:
         conn.connect()
         sock = conn.sock

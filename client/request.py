@@ -63,13 +63,23 @@ class GenerateRequest:
         `stream` is always sent because the model's default is not ours (we
         default to streaming); other flags only when set, so requests stay
         small and work against models that lack some optional inputs."""
+        # What cannot be encoded fails here, the same ClientError on every transport (inside
+        # grpc.aio's request iterator an exception would surface as a cancelled call).
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ClientError("INVALID_ARGUMENT", f"text_input: cannot be encoded as UTF-8 ({e.reason})") from None
         values: list[tuple[str, str, Any]] = [
             ("text_input", "BYTES", self.prompt),
             ("stream", "BOOL", bool(self.stream)),
         ]
         params = self.sampling_parameters()
         if params:
-            values.append(("sampling_parameters", "BYTES", json.dumps(params)))
+            try:
+                encoded = json.dumps(params)
+            except (TypeError, ValueError) as e:   # e.g. a numpy integer
+                raise ClientError("INVALID_ARGUMENT", f"sampling_parameters: {e}") from None
+            values.append(("sampling_parameters", "BYTES", encoded))
         if self.exclude_input_in_output:
             values.append(("exclude_input_in_output", "BOOL", True))
         for flag in RETURN_FLAGS:

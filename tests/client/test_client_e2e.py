@@ -260,6 +260,26 @@ def test_grpc_stream_closed_early_cancels_the_request(srv):
     assert wait_cancelled(srv, before)
 
 
+def test_grpc_streams_closed_early_leave_no_thread_behind(srv):
+    """Each cancelled stream used to leave gRPC's request-feeding thread waiting forever (one
+    thread and its memory per early exit, in a long-lived client)."""
+    import threading
+
+    def early_exit():
+        with stream_grpc(srv.grpc_url, srv.model, GenerateRequest(PROMPT, **LONG), timeout=TIMEOUT) as chunks:
+            next(chunks)
+
+    early_exit()   # threads that live as long as the process (gRPC's own) start here
+    time.sleep(0.5)
+    base = threading.active_count()
+    for _ in range(5):
+        early_exit()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > base and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threading.active_count() <= base, [t.name for t in threading.enumerate()]
+
+
 def test_grpc_stream_closed_from_another_thread(srv):
     import threading
     before = cancelled_count(srv)

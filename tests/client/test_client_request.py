@@ -130,3 +130,38 @@ def test_parse_grpc_empty_final_response():
     chunk, final = _parse_result(_infer_result(
         {"text_output": ("BYTES", np.array([b""], dtype=np.object_))}, final=False))
     assert not final and chunk.text == ""
+
+
+@pytest.mark.parametrize("request_, field", [
+    (GenerateRequest("Hi", max_tokens=np.int64(8)), "sampling_parameters"),
+    (GenerateRequest("Hi", sampling={"logprobs": object()}), "sampling_parameters"),
+    (GenerateRequest("lone \ud800 surrogate"), "text_input"),
+])
+def test_unencodable_request_is_the_same_client_error_on_every_transport(request_, field):
+    """Refused before anything is sent, as INVALID_ARGUMENT naming the field, by gRPC, HTTP and
+    asyncio alike (inside grpc.aio's request iterator the error used to reach the caller as
+    asyncio.CancelledError; over HTTP as a raw TypeError)."""
+    import asyncio
+
+    from client import AsyncGrpcClient, ClientError, stream_grpc, stream_http
+
+    def raises(fn):
+        with pytest.raises(ClientError) as info:
+            fn()
+        assert info.value.code == "INVALID_ARGUMENT" and info.value.message.startswith(field + ":"), info.value
+    raises(request_.input_values)
+    unused = "127.0.0.1:9"   # nothing is sent, so nothing needs to listen
+    raises(lambda: list(stream_grpc(unused, "llm", request_, timeout=5)))
+    raises(lambda: list(stream_http(unused, "llm", request_, timeout=5)))
+
+    async def via_asyncio():
+        async with AsyncGrpcClient(unused) as c:
+            return [chunk async for chunk in c.stream("llm", request_, timeout=5)]
+    raises(lambda: asyncio.run(via_asyncio()))
+
+
+def test_http_url_with_a_bad_port_is_a_client_error():
+    from client import ClientError, stream_http
+    with pytest.raises(ClientError) as info:
+        list(stream_http("localhost:abc", "llm", GenerateRequest("Hi"), timeout=5))
+    assert info.value.code == "INVALID_ARGUMENT" and "localhost:abc" in info.value.message
