@@ -834,7 +834,8 @@ def run_load(url: str = "127.0.0.1:8001", model: str = "llm", **options) -> dict
                 else _run_multi(cfg, parts, progress, on_start))
     finally:
         progress.close()
-        server_side = sampler.end() if sampler else {}
+        if sampler:
+            sampler.stop()
     records = [r for o in outs for r in o["records"]]
     t0 = min(o["t0"] for o in outs)
     stops = [o["stop_issue"] for o in outs if o["stop_issue"] is not None]
@@ -842,6 +843,9 @@ def run_load(url: str = "127.0.0.1:8001", model: str = "llm", **options) -> dict
     metrics = {"concurrency": cfg.concurrency if cfg.request_rate is None else None,
                "request_rate": cfg.request_rate, "input_len": cfg.input_len, "output_len": cfg.output_len}
     metrics.update(summarize(records, t0, stop_issue, expect_output_len=cfg.ignore_eos))
+    # The server's rates over the same window as the client's (the sampler's own also holds the
+    # client processes' start and end: ~0.1-0.25 s).
+    server_side = sampler.metrics(metrics["duration_s"] or None) if sampler else {}
     lags = [x for o in outs for x in o["lags"]]
     metrics["client_processes"] = len(parts)
     metrics["client_cpu_util"] = max((o["cpu"] / o["wall"]) for o in outs if o["wall"] > 0) if outs else None
@@ -866,6 +870,9 @@ def run_load(url: str = "127.0.0.1:8001", model: str = "llm", **options) -> dict
     return result
 
 
+RATE_WARMUP = 8   # unmeasured requests before a request-rate point (unless --warmup)
+
+
 def run_sweep(url: str, model: str, concurrencies: Sequence[int] = (), rates: Sequence[float] = (),
               requests_per_worker: float | None = None, min_requests: int = 1,
               on_result: Callable[[dict], None] | None = None, **options) -> list[dict]:
@@ -881,8 +888,8 @@ def run_sweep(url: str, model: str, concurrencies: Sequence[int] = (), rates: Se
                 opts["num_requests"] = max(min_requests, int(round(requests_per_worker * value)))
         else:
             opts["request_rate"] = float(value)
-        if "warmup" not in options and kind == "c":
-            opts["warmup"] = min(int(value), 32)
+        if "warmup" not in options:   # as a single run's default (main): min(c, 32), 8 for a rate
+            opts["warmup"] = min(int(value), 32) if kind == "c" else RATE_WARMUP
         result = run_load(url, model, **opts)
         results.append(result)
         if on_result:
@@ -927,7 +934,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--duration", type=float, default=None, help="seconds to keep issuing requests")
     mode.add_argument("--drain-timeout", type=float, default=None,
                       help="cancel requests still running this long after issuing stopped")
-    mode.add_argument("--warmup", type=int, default=None, help="unmeasured requests first (default: min(c, 32))")
+    mode.add_argument("--warmup", type=int, default=None,
+                      help=f"unmeasured requests first (default: min(c, 32); {RATE_WARMUP} at a request rate)")
     mode.add_argument("--warmup-output-len", type=int, default=16)
     mode.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds for the whole warmup")
     mode.add_argument("--processes", default="auto", help="client processes, or 'auto' (one per 16 streams, at most half the cores)")
@@ -1031,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
             opts["concurrency"] = args.concurrency
         if args.requests_per_worker is not None and args.num_requests is None and args.request_rate is None:
             opts["num_requests"] = max(1, int(round(args.requests_per_worker * args.concurrency)))
-        opts.setdefault("warmup", min(args.concurrency or 8, 32))
+        opts.setdefault("warmup", RATE_WARMUP if args.request_rate is not None else min(args.concurrency, 32))
         results = [run_load(args.url, args.model, **opts)]
     print(format_table(results))
     for r in results:

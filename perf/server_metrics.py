@@ -11,6 +11,11 @@ gauges in between (a thread), giving flat `server_*` metrics:
   server_requests_finished     by any finish reason; server_preemptions (delta)
   server_running_max, server_waiting_max, server_kv_usage_max   peaks of the polled gauges
   server_running_mean          mean of the polled running-batch size
+
+Rates are over the client's measured window when the load generator gives it (MetricsSampler.
+metrics). The model refreshes its gauges every GAUGE_REFRESH_S, so they are polled at evenly
+spaced times (their plain mean is a time average) from one refresh after the start on: earlier
+they may still show the state before the run. A point shorter than that has no gauge metrics.
   server_prefix_cache_hit_rate the server's cumulative rate at the end of the run
 
 Unreachable or unknown metrics just leave their keys out.
@@ -116,16 +121,22 @@ def delta_metrics(before: dict, after: dict, seconds: float, gauges: dict[str, l
     return m
 
 
-class MetricsSampler:
-    """begin() at the start of the measured phase, end() after it; gauges polled every `period`."""
+GAUGE_REFRESH_S = 0.5   # model_repository/llm/1/triton_metrics.py refreshes the engine gauges this often
 
-    def __init__(self, metrics_url: str, model: str | None = None, period: float = 0.5):
+
+class MetricsSampler:
+    """begin() at the start of the measured phase, stop() after it, then metrics(); gauges polled
+    every `period`."""
+
+    def __init__(self, metrics_url: str, model: str | None = None, period: float = 0.25):
         self.url, self.model, self.period = metrics_url, model, period
         self.before: dict | None = None
         self.t_begin = 0.0
         self.gauges: dict[str, list[float]] = {k: [] for k in GAUGES}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.elapsed = 0.0
+        self.after: dict | None = None
 
     def begin(self) -> None:
         self.before = scrape(self.url, self.model)
@@ -134,10 +145,9 @@ class MetricsSampler:
         self._thread.start()
 
     def _poll(self) -> None:
-        n = 0
-        # Often at first (short runs get samples too), then every `period`.
-        while not self._stop.wait(0.05 if n < 10 else self.period):
-            n += 1
+        while not self._stop.wait(self.period):
+            if time.perf_counter() - self.t_begin < GAUGE_REFRESH_S:
+                continue   # the gauges may not have been refreshed since the run began
             snap = scrape(self.url, self.model, timeout=self.period)
             if snap:
                 for key, name in GAUGES.items():
@@ -149,14 +159,21 @@ class MetricsSampler:
     # triton_metrics.py, FLUSH_S and ITL_PUBLISH_S): let them land.
     SETTLE_S = 0.4
 
-    def end(self) -> dict:
+    def stop(self) -> None:
+        """The measured phase is over: stop polling, let the last observations land, snapshot."""
         if self._thread is None:
-            return {}
+            return
         self._stop.set()
         self._thread.join(2)
-        elapsed = time.perf_counter() - self.t_begin   # the rates are over the measured phase only
+        self.elapsed = time.perf_counter() - self.t_begin
         time.sleep(self.SETTLE_S)
-        after = scrape(self.url, self.model)
-        if not self.before or not after:
+        self.after = scrape(self.url, self.model)
+
+    def metrics(self, seconds: float | None = None) -> dict:
+        """The flat server_* metrics; rates over `seconds` (the client's measured window), else
+        over begin() .. stop()."""
+        if self._thread is None:
+            return {}
+        if not self.before or not self.after:
             return {"server_metrics_error": f"could not scrape {self.url}"}
-        return delta_metrics(self.before, after, elapsed, self.gauges)
+        return delta_metrics(self.before, self.after, seconds or self.elapsed, self.gauges)

@@ -126,3 +126,63 @@ def test_exit_status():
     assert exit_status([point(8, 2)], max_error_rate=0.1) == 1
     assert exit_status([point(10, 0), point(0, 0, 3)]) == 1      # a point with no successful request
     assert exit_status([point(10, 0, 5)]) == 0                   # drained (cancelled) requests are not errors
+
+
+@pytest.mark.parametrize("argv, warmups", [
+    (["--sweep", "1,64"], [1, 32]),
+    (["--sweep-rate", "4,16"], [8, 8]),      # rate points had none (the first measured a cold server)
+    (["--request-rate", "4"], [8]),
+    (["--concurrency", "4"], [4]),
+    (["--sweep-rate", "4", "--warmup", "3"], [3]),
+])
+def test_every_point_gets_the_default_warmup(argv, warmups, monkeypatch):
+    import perf.loadgen as loadgen
+    seen = []
+
+    def fake_run_load(url, model, **opts):
+        seen.append(opts["warmup"])
+        return {"label": "x", "metrics": {"requests": 1, "requests_ok": 1, "requests_failed": 0}, "errors": {"count": 0}}
+    monkeypatch.setattr(loadgen, "run_load", fake_run_load)
+    monkeypatch.setattr(loadgen, "format_table", lambda results: "table")
+    loadgen.main(["--url", "127.0.0.1:1", "--no-progress", "--num-requests", "4", *argv])
+    assert seen == warmups
+
+
+def test_server_metrics_use_the_clients_window_and_skip_stale_gauges():
+    """Rates over the window the client measured (not the sampler's own, which also holds the
+    client processes' start and end), and gauges only once the model has refreshed them."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from perf import server_metrics
+
+    started = time.perf_counter()
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            refreshed = time.perf_counter() - started > 0.6   # the gauge's first refresh in the run
+            body = (f'vllm:generation_tokens_total{{model="llm"}} {1000 if refreshed else 0}\n'
+                    f'vllm:num_requests_running{{model="llm"}} {4 if refreshed else 0}\n').encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        sampler = server_metrics.MetricsSampler(f"127.0.0.1:{httpd.server_port}", "llm", period=0.05)
+        sampler.begin()
+        time.sleep(1.2)
+        sampler.stop()
+    finally:
+        httpd.shutdown()
+    m = sampler.metrics(seconds=0.5)
+    assert m["server_generation_tokens"] == 1000 and m["server_generation_tokps"] == pytest.approx(2000.0)
+    assert sampler.metrics()["server_generation_tokps"] == pytest.approx(1000 / sampler.elapsed)
+    # Polled only from GAUGE_REFRESH_S on: the stale zeros of the first refresh period are left out.
+    assert m["server_running_max"] == 4 and m["server_running_mean"] >= 3.0, sampler.gauges["running"]
