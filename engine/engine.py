@@ -360,13 +360,21 @@ class LLMEngine:
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         ids = [f"offline-{id(self)}-{i}" for i in range(len(prompts))]
         acc = {rid: ([], [], None, 0, 0.0) for rid in ids}
-        for rid, prompt, p in zip(ids, prompts, params_list):
-            self.add_request(rid, prompt, p)
-        while self.has_unfinished():
-            for out in self.step():
-                text, toks, _, _, _ = acc[out.request_id]
-                text.append(out.text)
-                toks.extend(out.token_ids)
-                acc[out.request_id] = (text, toks, out.finish_reason, out.num_input_tokens,
-                                       out.cumulative_logprob)
+        try:
+            for rid, prompt, p in zip(ids, prompts, params_list):
+                self.add_request(rid, prompt, p)
+            while self.has_unfinished():
+                for out in self.step():
+                    text, toks, _, _, _ = acc[out.request_id]
+                    text.append(out.text)
+                    toks.extend(out.token_ids)
+                    acc[out.request_id] = (text, toks, out.finish_reason, out.num_input_tokens,
+                                           out.cumulative_logprob)
+        except BaseException:
+            # A refused prompt (or an interrupt) must not leave the others queued for nobody, holding
+            # KV blocks and their ids (the next call's ids are the same).
+            for rid in ids:
+                if rid in self.seqs:
+                    self.abort(rid)
+            raise
         return [Completion("".join(t), k, r, n, lp) for t, k, r, n, lp in (acc[rid] for rid in ids)]

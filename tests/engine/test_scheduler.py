@@ -490,3 +490,16 @@ def test_abort_waiting_and_running_requests_frees_blocks(gqa, ids, engine_factor
     assert eng.abort("run") is None and eng.abort("never") is None
     assert eng.block_manager.num_used_blocks == 0 and not eng.has_unfinished()
     block_invariants(eng)
+
+
+def test_generate_with_a_refused_prompt_leaves_nothing_queued(gqa, engine_factory):
+    """generate() queues its prompts one by one: when a later one is refused, the earlier ones
+    must not stay queued for nobody, holding KV blocks and the ids the next call reuses (the
+    factory's teardown checks the blocks)."""
+    eng = engine_factory(gqa, max_model_len=64)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    with pytest.raises(InvalidRequest, match="max_model_len"):
+        eng.generate([[5, 6, 7], list(range(10, 80))], params)
+    assert not eng.has_unfinished() and not eng.seqs
+    [done] = eng.generate([[5, 6, 7]], params)
+    assert done.finish_reason == "length" and len(done.token_ids) == 4
