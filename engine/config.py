@@ -59,10 +59,11 @@ class ModelConfig:
             named = f"architectures {archs!r}" if archs else f"model_type {cfg.get('model_type')!r} (no architectures)"
             raise ModelLoadError(f"unsupported architecture: {named} in {path}; "
                                  f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')")
-        if cfg.get("quantization_config"):
+        quant = cfg.get("quantization_config")
+        if quant:
             # Its scales (FP8 weight_scale, GPTQ scales, ...) would be dropped and the raw weights
             # served: wrong outputs, silently.
-            method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
+            method = quant.get("quant_method") if isinstance(quant, dict) else None
             raise ModelLoadError(f"quantization_config (quant_method {method!r}) in {path} is not supported: "
                                  "serve an unquantized checkpoint (bfloat16, float16 or float32 weights)")
         for flag in ("attention_bias", "mlp_bias"):
