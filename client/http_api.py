@@ -38,8 +38,12 @@ class SSEParser:
     def __init__(self):
         self._buf = b""
         self._data: list[str] = []
+        self._skip_lf = False   # the last piece ended in "\r": a "\n" first in the next is its end too
 
     def feed(self, raw: bytes) -> list[str]:
+        if self._skip_lf and raw:
+            raw = raw[1:] if raw[:1] == b"\n" else raw
+            self._skip_lf = False
         self._buf += raw
         events = []
         while True:
@@ -47,10 +51,13 @@ class SSEParser:
                       default=-1)
             if cut < 0:
                 break
-            # A lone "\r" at the end may be the first half of "\r\n": wait.
-            if self._buf[cut:cut + 1] == b"\r" and cut + 1 == len(self._buf):
-                break
-            end = cut + 2 if self._buf[cut:cut + 2] == b"\r\n" else cut + 1
+            if self._buf[cut:cut + 2] == b"\r\n":
+                end = cut + 2
+            else:
+                end = cut + 1
+                # A "\r" ends its line at once (a bare CR is a line end too, and the event it may
+                # complete must not wait for more bytes); a "\n" that follows it is skipped then.
+                self._skip_lf = self._buf[cut:end] == b"\r" and end == len(self._buf)
             # Line breaks never occur inside a UTF-8 sequence, so decoding
             # whole lines is safe even if a character was split across reads.
             line = self._buf[:cut].decode("utf-8")

@@ -36,3 +36,13 @@ def test_event_waits_for_blank_line():
     assert p.feed(b'data: {"a":1}\n') == []
     assert p.feed(b"\n") == ['{"a":1}']
     assert p.feed(b"\n\n") == []  # blank lines with no data dispatch nothing
+
+
+def test_an_event_ended_by_bare_carriage_returns_is_dispatched_at_once():
+    """A bare "\\r" is a line end (SSE): the event it completes must not wait for more bytes (the
+    last event of a stream used to be lost), and a "\\n" arriving next is the rest of "\\r\\n"."""
+    p = SSEParser()
+    assert p.feed(b'data: {"a":1}\r\r') == ['{"a":1}']
+    assert p.feed(b'\ndata: {"b":2}\r') == []      # the "\n" ends the blank line's "\r\n"
+    assert p.feed(b"\n\r") == ['{"b":2}']
+    assert p.feed(b"") == [] and p.feed(b'data: {"c":3}\n\n') == ['{"c":3}']
