@@ -9,7 +9,9 @@ A prefill chunk over a long cached context (chunked prefill of a long prompt, a 
 has few query tiles, each streaming thousands of cached tokens: on the plain grid a few dozen
 programs run long while most SMs idle, and the decodes sharing the step wait for them. Such steps
 get a long-context variant of their mixed shape, whose attention splits every tile's KV range
-(`kv_splits`), picked when the step's longest context reaches LONG_CONTEXT tokens.
+(`kv_splits`), picked when the step's longest context reaches LONG_CONTEXT tokens. Decode steps of
+few sequences can get the opposite, opt-in (LLM_SHORT_DECODE_CONTEXT): a variant that never splits,
+for short contexts (ShapeBuckets.__init__ says why).
 
 Padding is inert: padding tokens belong to no sequence (their K/V slot is -1, never written),
 padding sequences have no query tokens and an empty context, and padding sampling rows read row 0.
@@ -27,6 +29,7 @@ first kernel (kernels/step_inputs.py) fills in the tokens, casts and copies the 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +42,9 @@ class StepShape:
     num_tokens: int   # T, padded
     num_seqs: int     # S, padded
     decode: bool      # one query token per sequence
-    kv_splits: int = 0   # > 1: attention splits each tile's KV range this many ways (long context)
+    # > 1: attention splits each tile's KV range this many ways (long context); 1: it never splits
+    # (a short-context decode variant, LLM_SHORT_DECODE_CONTEXT); 0: the kernel's own choice.
+    kv_splits: int = 0
 
     @property
     def max_seqlen_q(self) -> int:
@@ -135,8 +140,17 @@ class ShapeBuckets:
     # 16 splits spread them over ~all SMs of an H100.
     FEW_SEQS, FEW_SEQS_LONG_CONTEXT_SPLITS = 16, 16
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int = 0):
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int = 0,
+                 short_decode_context: int | None = None):
         self.max_num_seqs = max_num_seqs
+        # A decode graph is captured with the block tables' full width as its context bound, so at
+        # a batch of few sequences the attention splits every KV range about 33 ways (choose_num_splits:
+        # two programs per SM) and a merge kernel follows, also at a context of a few hundred
+        # tokens, where only a few splits have work. With LLM_SHORT_DECODE_CONTEXT=N, decode steps of
+        # at most FEW_SEQS sequences whose longest context is at most N tokens get a variant
+        # without splits. Off by default: not yet measured on a GPU.
+        self.short_decode_context = (short_decode_context if short_decode_context is not None
+                                     else int(os.environ.get("LLM_SHORT_DECODE_CONTEXT", "0") or 0))
         self.decode = decode_buckets(min(max_num_seqs, self.MAX_DECODE_BATCH))
         self.tokens = token_buckets(max(max_num_batched_tokens, max_num_seqs))
         self.long_context = max_model_len > self.LONG_CONTEXT
@@ -156,12 +170,16 @@ class ShapeBuckets:
         if self.long_context:
             mixed += [StepShape(m.num_tokens, m.num_seqs, False, self.long_context_splits(m.num_seqs))
                       for m in mixed if m.num_tokens <= self.LONG_CONTEXT_MAX_TOKENS]
-        return [StepShape(b, b, True) for b in self.decode] + mixed
+        decode = [StepShape(b, b, True) for b in self.decode]
+        if self.short_decode_context > 0:
+            decode += [StepShape(b, b, True, 1) for b in self.decode if b <= self.FEW_SEQS]
+        return decode + mixed
 
     def pick(self, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_context: int = 0) -> StepShape | None:
         if max_seqlen_q == 1 and num_seqs <= self.decode[-1]:
             b = next(b for b in self.decode if b >= num_seqs)
-            return StepShape(b, b, True)
+            short = b <= self.FEW_SEQS and 0 < max_context <= self.short_decode_context
+            return StepShape(b, b, True, 1 if short else 0)
         if num_tokens <= self.tokens[-1] and num_seqs <= self.max_num_seqs:
             t = next(t for t in self.tokens if t >= num_tokens)
             s = next(s for s in self.mixed_seq_buckets(t) if s >= num_seqs)

@@ -7,6 +7,8 @@
 #                                  wait: 80 registers a thread for sm_90, not 156 (stop 29: 2%
 #                                  slower at batch 1 on an H100)
 #   LLM_ONE_ROW_CONFIG             the one-row linear's launch shape
+#   LLM_SHORT_DECODE_CONTEXT=1024  decode graphs without KV splits (no merge kernel) for <= 16
+#                                  sequences at contexts up to 1024 (engine/step_shapes.py)
 #
 #   OUT=DIR bash perf/ab_fusions_bs1.sh
 #
@@ -28,6 +30,7 @@ P="LLM_ONE_ROW_SIGNAL=product"
 # the norm fusion with RoPE beside the product signal (its best setting, +0.5% over base).
 timeout 300 python3 perf/ab_configs_bs1.py --model-dir "$M" --out "$OUT/ab.json" --rounds 2 \
     --config "name=base" \
+    --config "name=short_decode LLM_SHORT_DECODE_CONTEXT=1024" \
     --config "name=rope_only LLM_FUSED_DECODE_ATTENTION=rope" \
     --config "name=product_norm $P LLM_NORM_LINEAR=1" \
     --config "name=product_norm_rope $P LLM_NORM_LINEAR=1 LLM_FUSED_DECODE_ATTENTION=rope" \

@@ -56,6 +56,27 @@ def test_long_context_shapes_split_the_kv_range_without_changing_tokens(tiny_mod
 
 
 @needs_gpu
+def test_short_context_decode_variant_keeps_the_tokens(tiny_model_dir, monkeypatch):
+    """LLM_SHORT_DECODE_CONTEXT: decode steps of few sequences over short contexts replay graphs
+    captured without KV splits; tokens equal the default graphs' (fp32)."""
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    results = {}
+    for name, short in (("default", "0"), ("short", "100000")):
+        monkeypatch.setenv("LLM_SHORT_DECODE_CONTEXT", short)
+        engine = LLMEngine(EngineConfig(model_dir=str(tiny_model_dir), device="cuda", dtype="float32",
+                                        max_num_seqs=8, num_kv_blocks=512))
+        picked = []
+        pick = engine.runner.buckets.pick
+        engine.runner.buckets.pick = lambda *a: picked.append(pick(*a)) or picked[-1]
+        results[name] = [c.token_ids for c in engine.generate(PROMPTS, params)]
+        assert any(s is not None and s.decode and s.kv_splits == 1 for s in picked) == (name == "short")
+        assert all(s in engine.runner.graphs for s in picked if s is not None)
+        del engine
+        torch.cuda.empty_cache()
+    assert results["short"] == results["default"]
+
+
+@needs_gpu
 def test_greedy_steps_take_their_tokens_from_the_graph(tiny_model_dir, monkeypatch):
     """A replayed step computes its greedy tokens inside the graph: an all-greedy generation
     launches no sampling kernel of its own after start-up, and gives the eager engine's tokens;

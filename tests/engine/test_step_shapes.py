@@ -58,6 +58,22 @@ def test_pick_gives_a_shape_that_holds_the_step(max_seqs, max_tokens, max_model_
     assert any(s.kv_splits for s in shapes) == (max_model_len > ShapeBuckets.LONG_CONTEXT)
 
 
+def test_short_context_decode_variant_is_picked_only_where_asked(monkeypatch):
+    """LLM_SHORT_DECODE_CONTEXT=N: decode steps of at most FEW_SEQS sequences whose longest
+    context is at most N tokens get the unsplit variant (kv_splits 1), captured with the rest."""
+    monkeypatch.delenv("LLM_SHORT_DECODE_CONTEXT", raising=False)
+    default = ShapeBuckets(64, 256, 8192)
+    assert all(s.kv_splits == 0 for s in default.all_shapes() if s.decode)
+    assert default.pick(1, 1, 1, 300).kv_splits == 0
+    monkeypatch.setenv("LLM_SHORT_DECODE_CONTEXT", "512")
+    buckets = ShapeBuckets(64, 256, 8192)
+    shapes = set(buckets.all_shapes())
+    for seqs, context, splits in ((1, 300, 1), (16, 512, 1), (1, 513, 0), (17, 100, 0), (1, 0, 0)):
+        shape = buckets.pick(seqs, seqs, 1, context)
+        assert shape.decode and shape.kv_splits == splits and shape in shapes, (seqs, context, shape)
+    assert not buckets.pick(40, 8, 5, 300).kv_splits   # a prefill step keeps its own rule
+
+
 def test_layout_slices_tile_the_head():
     shape = StepShape(32, 8, False)
     sl = shape.head_slices()
@@ -65,11 +81,11 @@ def test_layout_slices_tile_the_head():
     assert covered == list(range(shape.head_len))
 
 
-def run_engine(model_dir, padded: bool, chunk: int):
+def run_engine(model_dir, padded: bool, chunk: int, short_decode_context: int = 0):
     engine = LLMEngine(EngineConfig(model_dir=str(model_dir), device="cpu", max_num_seqs=8,
                                     max_num_batched_tokens=chunk, num_kv_blocks=256))
     if padded:
-        engine.runner.buckets = ShapeBuckets(8, chunk)
+        engine.runner.buckets = ShapeBuckets(8, chunk, short_decode_context=short_decode_context)
     shapes = []
     real_run = engine.runner.run
 
@@ -90,6 +106,15 @@ def test_padded_steps_give_the_unpadded_results(tiny_model_dir, chunk):
     pad_alone, pad_batched, _ = run_engine(tiny_model_dir, True, chunk)
     # the run had prefill-only, mixed (chunked prefill beside decodes) and decode-only steps
     assert any(q > 1 and t > q for t, s, q in shapes) and any(q == 1 for t, s, q in shapes)
+    for a, b in zip(plain_alone + plain_batched, pad_alone + pad_batched):
+        assert a.token_ids == b.token_ids
+        assert a.cumulative_logprob == pytest.approx(b.cumulative_logprob, abs=1e-4)
+
+
+def test_unsplit_short_context_decode_steps_give_the_unpadded_results(tiny_model_dir):
+    """The short-context decode variant (kv_splits 1) through the same padded steps."""
+    plain_alone, plain_batched, _ = run_engine(tiny_model_dir, False, 64)
+    pad_alone, pad_batched, _ = run_engine(tiny_model_dir, True, 64, short_decode_context=10**6)
     for a, b in zip(plain_alone + plain_batched, pad_alone + pad_batched):
         assert a.token_ids == b.token_ids
         assert a.cumulative_logprob == pytest.approx(b.cumulative_logprob, abs=1e-4)
