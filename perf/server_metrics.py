@@ -11,12 +11,12 @@ gauges in between (a thread), giving flat `server_*` metrics:
   server_requests_finished     by any finish reason; server_preemptions (delta)
   server_running_max, server_waiting_max, server_kv_usage_max   peaks of the polled gauges
   server_running_mean          mean of the polled running-batch size
+  server_prefix_cache_hit_rate the server's cumulative rate at the end of the run
 
 Rates are over the client's measured window when the load generator gives it (MetricsSampler.
 metrics). The model refreshes its gauges every GAUGE_REFRESH_S, so they are polled at evenly
 spaced times (their plain mean is a time average) from one refresh after the start on: earlier
 they may still show the state before the run. A point shorter than that has no gauge metrics.
-  server_prefix_cache_hit_rate the server's cumulative rate at the end of the run
 
 Unreachable or unknown metrics just leave their keys out.
 """
